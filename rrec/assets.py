@@ -180,7 +180,9 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
 
     print(f"rrec: converting {gguf_path.name} to a Hugging Face folder", file=sys.stderr, flush=True)
     tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+    )
     # transformers refuses to serialise a gguf-"quantized" model; the weights are already dequantized.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -213,7 +215,9 @@ def fetch_model(force: bool = False) -> Path:
     return convert_gguf(raw / "SmolLM2-135M-Instruct.Q4_1.gguf", out)
 
 
-def fetch(datasets: tuple[str, ...] = ("ml-100k",), model: bool = True, force: bool = False) -> dict[str, Path]:
+def fetch(
+    datasets: tuple[str, ...] = ("ml-100k",), model: bool = True, force: bool = False
+) -> dict[str, Path]:
     """Fetch the embedded default (model + datasets); returns name -> local folder."""
     out: dict[str, Path] = {}
     for name in datasets:

@@ -1,0 +1,212 @@
+"""The three FAISS search structures behind :class:`item_index.ItemIndex`.
+
+Each backend stores (key, vector) pairs, where a key is the index's internal int64 id of an item, and
+answers ``search(xq, k) -> (distances, keys)`` with FAISS conventions: distances are inner products
+(higher is better) for ``"ip"`` and squared L2 distances (lower is better) for ``"l2"``; missing results
+have key ``-1``. They share no base class; each has ``add``, ``remove``, ``search``, ``ntotal`` and
+``wants_rebuild``. Shapes: N items, D dim, Q queries, K results per query.
+
+Defaults (chosen so recall@10 against exact search is >= 0.95 on random Gaussian data, the worst case
+for approximate search because it has no cluster structure; tested on 5,000 x 64, measured at 1M x 576 in
+BENCHMARKS.md). Real item embeddings cluster, and much cheaper settings usually reach the same recall:
+measure with ``bench/item_index_scale.py``.
+
+- ``ivf``: ``nlist=1024`` lists; ``nprobe=None`` meaning ``ceil(7/8 * nlist)`` lists probed (random data
+  needs most lists probed: 7/8 gave 0.97 at 200k x 576). The IVF is trained on the ``add`` that brings the
+  item count to ``39 * nlist`` (FAISS's minimum of 39 training points per list), on all vectors present
+  then (FAISS subsamples to 256 per list); until then search is exact (a flat index). The centroids are
+  kept afterwards, also across removals and through ``save``/``load``.
+- ``hnsw``: ``M=32`` links per node, ``ef_construction=100``, ``ef_search=256``. FAISS cannot remove
+  from an HNSW graph, so removed and replaced items stay in the graph, marked stale, and are filtered out
+  during search with an ``IDSelectorBitmap`` (they still serve as stepping stones); when stale nodes
+  outnumber live ones, ``wants_rebuild`` turns true and the owner rebuilds the graph from its vectors.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import faiss
+import numpy as np
+
+from item_index.errors import ItemIndexError
+
+METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+IVF_DEFAULTS: dict[str, int | None] = {"nlist": 1024, "nprobe": None}
+HNSW_DEFAULTS: dict[str, int | None] = {"M": 32, "ef_construction": 100, "ef_search": 256}
+MIN_POINTS_PER_LIST = 39  # FAISS warns below this many training points per centroid
+
+
+def resolve_params(backend: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The backend's parameters with defaults filled in; unknown names or non-positive ints raise."""
+    if backend == "flat":
+        defaults: dict[str, Any] = {}
+    elif backend == "ivf":
+        defaults = IVF_DEFAULTS
+    elif backend == "hnsw":
+        defaults = HNSW_DEFAULTS
+    else:
+        raise ItemIndexError(f"unknown backend {backend!r}; expected 'flat', 'ivf' or 'hnsw'")
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise ItemIndexError(f"backend {backend!r} has no parameters {unknown}; it takes {sorted(defaults)}")
+    out = {**defaults, **params}
+    for name, value in out.items():
+        optional = name == "nprobe" and value is None
+        if not optional and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ItemIndexError(f"backend parameter {name}={value!r} must be a positive int")
+    if backend == "ivf" and out["nprobe"] is not None and out["nprobe"] > out["nlist"]:
+        raise ItemIndexError(f"nprobe={out['nprobe']} is larger than nlist={out['nlist']}")
+    return out
+
+
+class FlatBackend:
+    """Exact search: ``IndexIDMap(IndexFlatIP | IndexFlatL2)``; removal shifts the stored rows."""
+
+    def __init__(self, dim: int, metric: str) -> None:
+        self.index = faiss.IndexIDMap(faiss.IndexFlat(dim, METRICS[metric]))
+        self.wants_rebuild = False
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Args: keys (N,) int64, vectors (N, D) float32."""
+        self.index.add_with_ids(vectors, keys)
+
+    def remove(self, keys: np.ndarray) -> None:
+        self.index.remove_ids(np.ascontiguousarray(keys, dtype=np.int64))
+
+    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Args: xq (Q, D) float32. Returns: distances (Q, K) float32, keys (Q, K) int64."""
+        return self.index.search(xq, k)
+
+    def contents(self) -> tuple[np.ndarray, np.ndarray]:
+        """All (keys (N,), vectors (N, D)) in FAISS's storage order."""
+        keys = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        return keys, self.index.index.reconstruct_n(0, self.ntotal)
+
+
+class IVFBackend:
+    """``IndexIVFFlat``, exact through a :class:`FlatBackend` until it holds ``39 * nlist`` items."""
+
+    def __init__(
+        self,
+        dim: int,
+        metric: str,
+        nlist: int = 1024,
+        nprobe: int | None = None,
+        centroids: np.ndarray | None = None,
+    ) -> None:
+        """Args:
+        dim, metric: as for the index.
+        nlist: number of inverted lists (k-means centroids).
+        nprobe: lists scanned per query; ``None`` means ``ceil(7/8 * nlist)``.
+        centroids: (nlist, D) float32 trained centroids to start from (used by ``load``); ``None``
+            to train lazily.
+        """
+        self.dim, self.metric, self.nlist = dim, metric, nlist
+        self.nprobe = nprobe if nprobe is not None else math.ceil(7 * nlist / 8)
+        self.train_at = MIN_POINTS_PER_LIST * nlist
+        self.wants_rebuild = False
+        self.flat: FlatBackend | None = FlatBackend(dim, metric)
+        self.ivf: faiss.IndexIVFFlat | None = None
+        if centroids is not None:
+            self._make_ivf(centroids)
+
+    @property
+    def is_trained(self) -> bool:
+        return self.ivf is not None
+
+    @property
+    def ntotal(self) -> int:
+        return self.flat.ntotal if self.ivf is None else int(self.ivf.ntotal)
+
+    def _make_ivf(self, centroids: np.ndarray | None, train: np.ndarray | None = None) -> None:
+        quantizer = faiss.IndexFlat(self.dim, METRICS[self.metric])
+        ivf = faiss.IndexIVFFlat(quantizer, self.dim, self.nlist, METRICS[self.metric])
+        if centroids is not None:
+            quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+            ivf.is_trained = True
+        else:
+            ivf.train(train)
+        ivf.nprobe = self.nprobe
+        self._quantizer = quantizer  # the IVF does not own it from Python; keep it alive
+        self.ivf = ivf
+        if self.flat is not None and self.flat.ntotal:
+            keys, vectors = self.flat.contents()
+            ivf.add_with_ids(vectors, keys)
+        self.flat = None
+
+    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Args: keys (N,) int64, vectors (N, D) float32. Trains the IVF when the count reaches the rule."""
+        if self.ivf is None and self.flat.ntotal + len(keys) >= self.train_at:
+            _, held = self.flat.contents()
+            self._make_ivf(None, train=np.concatenate([held, vectors]))
+        if self.ivf is None:
+            self.flat.add(keys, vectors)
+        else:
+            self.ivf.add_with_ids(vectors, keys)
+
+    def remove(self, keys: np.ndarray) -> None:
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        (self.flat.index if self.ivf is None else self.ivf).remove_ids(keys)
+
+    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Args: xq (Q, D) float32. Returns: distances (Q, K) float32, keys (Q, K) int64."""
+        return self.flat.search(xq, k) if self.ivf is None else self.ivf.search(xq, k)
+
+    def centroids(self) -> np.ndarray | None:
+        """(nlist, D) float32 centroids once trained, else ``None``."""
+        return None if self.ivf is None else self._quantizer.reconstruct_n(0, self.nlist)
+
+
+class HNSWBackend:
+    """``IndexHNSWFlat`` with removal by marking: stale graph nodes are filtered out at search time."""
+
+    def __init__(self, dim: int, metric: str, M: int = 32, ef_construction: int = 100, ef_search: int = 256):
+        """Args:
+        dim, metric: as for the index.
+        M: graph links per node (2 * M on the bottom layer).
+        ef_construction: candidate list size while inserting.
+        ef_search: candidate list size while searching (raised to K when K is larger).
+        """
+        self.index = faiss.IndexHNSWFlat(dim, M, METRICS[metric])
+        self.index.hnsw.efConstruction = ef_construction
+        self.index.hnsw.efSearch = ef_search
+        self.ef_search = ef_search
+        self.node_keys = np.empty(0, dtype=np.int64)  # (nodes,) key of each graph node, -1 when stale
+        self.n_stale = 0
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal) - self.n_stale
+
+    @property
+    def wants_rebuild(self) -> bool:
+        return self.n_stale > self.ntotal
+
+    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Args: keys (N,) int64, vectors (N, D) float32; appended as new graph nodes."""
+        self.index.add(vectors)
+        self.node_keys = np.concatenate([self.node_keys, np.asarray(keys, dtype=np.int64)])
+
+    def remove(self, keys: np.ndarray) -> None:
+        stale = np.isin(self.node_keys, keys) & (self.node_keys >= 0)  # (nodes,)
+        self.node_keys[stale] = -1
+        self.n_stale += int(stale.sum())
+
+    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Args: xq (Q, D) float32. Returns: distances (Q, K) float32, keys (Q, K) int64."""
+        if self.n_stale == 0:
+            dist, nodes = self.index.search(xq, k)
+        else:
+            live_bits = np.packbits(self.node_keys >= 0, bitorder="little")  # bit i: node i is live
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = self.ef_search
+            params.sel = faiss.IDSelectorBitmap(len(self.node_keys), faiss.swig_ptr(live_bits))
+            dist, nodes = self.index.search(xq, k, params=params)
+        keys = np.where(nodes >= 0, self.node_keys[np.maximum(nodes, 0)], -1)  # (Q, K)
+        return dist, keys

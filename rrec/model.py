@@ -231,6 +231,49 @@ class ReasoningRecommender(nn.Module):
         recs = [{**r, "item_id": str(r["item_id"])} for r in recs]
         return render_user_prompt(self.tokenizer, recs, self.catalog, target_time, reasoning, self.style)
 
+    @torch.no_grad()
+    def reason(
+        self,
+        histories: Sequence[Sequence],
+        target_times: Sequence[float | None] | None = None,
+        reasoning: bool = True,
+        max_new_tokens: int | None = None,
+        *,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+    ) -> tuple[Tensor, list[str], list[bool]]:
+        """Write the reasoning for each history and read the user state at ``<answer>``.
+
+        Returns ((B, D) float32 user states, reasoning texts, whether ``<answer>`` was forced).
+        """
+        times = list(target_times) if target_times is not None else [None] * len(histories)
+        prompts = [self.user_prompt(h, t, reasoning) for h, t in zip(histories, times, strict=True)]
+        ids = self.tokenizer(prompts, add_special_tokens=False).input_ids
+        prompt_ids, prompt_mask = left_pad(ids, self.pad_id, device=self.device)
+        if not reasoning:
+            return self.user_states(prompt_ids, prompt_mask), [""] * len(ids), [False] * len(ids)
+        eos = self.tokenizer.eos_token_id
+        roll = generate_reasoning(
+            self.lm,
+            prompt_ids,
+            prompt_mask,
+            answer_id=self.answer_id,
+            pad_id=self.pad_id,
+            eos_ids=[eos] if eos is not None else [],
+            max_new_tokens=max_new_tokens or self.config.max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+        )
+        texts = self.decode_completions(roll.completion_ids, roll.completion_mask)
+        return roll.user_states, texts, roll.forced.tolist()
+
+    def decode_completions(self, completion_ids: Tensor, completion_mask: Tensor) -> list[str]:
+        """Reasoning texts (``<answer>`` dropped) of right-padded completions."""
+        return [
+            self.tokenizer.decode(c[m.bool()][:-1], skip_special_tokens=True).strip()
+            for c, m in zip(completion_ids, completion_mask, strict=True)
+        ]
+
     def recommend(self, user_history: Sequence, k: int = 20, **kw) -> Recommendation:
         """Reason about one user's history, then rank the whole catalog. See ``recommend_batch``."""
         return self.recommend_batch([user_history], k=k, **kw)[0]
@@ -255,33 +298,9 @@ class ReasoningRecommender(nn.Module):
         """
         if not histories:
             return []
-        times = list(target_times) if target_times is not None else [None] * len(histories)
-        prompts = [self.user_prompt(h, t, reasoning) for h, t in zip(histories, times, strict=True)]
-        ids = self.tokenizer(prompts, add_special_tokens=False).input_ids
-        prompt_ids, prompt_mask = left_pad(ids, self.pad_id, device=self.device)
-        if reasoning:
-            roll = generate_reasoning(
-                self.lm,
-                prompt_ids,
-                prompt_mask,
-                answer_id=self.answer_id,
-                pad_id=self.pad_id,
-                eos_ids=[self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else [],
-                max_new_tokens=max_new_tokens or self.config.max_new_tokens,
-                do_sample=do_sample,
-                temperature=temperature,
-            )
-            states, forced = roll.user_states, roll.forced.tolist()
-            texts = [
-                self.tokenizer.decode(c[m.bool()][:-1], skip_special_tokens=True).strip()
-                for c, m in zip(roll.completion_ids, roll.completion_mask, strict=True)
-            ]
-        else:
-            states, forced, texts = (
-                self.user_states(prompt_ids, prompt_mask),
-                [False] * len(ids),
-                [""] * len(ids),
-            )
+        states, texts, forced = self.reason(
+            histories, target_times, reasoning, max_new_tokens, do_sample=do_sample, temperature=temperature
+        )
         scores = self.score(states)  # (B, N)
         columns = {iid: j for j, iid in enumerate(self.item_ids)}
         if exclude_history:

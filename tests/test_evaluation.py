@@ -43,7 +43,10 @@ def test_ranks_match_direct_scoring(rec, reasoning):
     df = samples()
     res = evaluate_samples(rec, df, reasoning=reasoning, batch_size=2, progress=False)
     cols = {iid: j for j, iid in enumerate(rec.item_ids)}
-    hist = [[{"item_id": i} for i in h] for h in df.history]
+    hist = [
+        [{"item_id": i, "rating": r, "timestamp": t} for i, r, t in zip(h, rs, ts, strict=True)]
+        for h, rs, ts in zip(df.history, df.history_ratings, df.history_timestamps, strict=True)
+    ]
     states, _, _ = rec.reason(hist, df.timestamp.tolist(), reasoning)
     scores = rec.score(states)
     excl = torch.zeros_like(scores, dtype=torch.bool)

@@ -49,8 +49,9 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
         return float(value)
     if annotation is str:
         return str(value)
-    if origin in (list, tuple) and isinstance(value, (list, tuple)):
-        return type(value)(value) if origin is list else tuple(value)
+    container = origin if origin is not None else annotation
+    if container in (list, tuple) and isinstance(value, (list, tuple)):
+        return list(value) if container is list else tuple(value)
     return value
 
 

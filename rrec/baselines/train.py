@@ -127,6 +127,7 @@ def train_sequential(
     device: str | torch.device = "cpu",
     weight_decay: float = 0.0,
     mask_history: bool = True,
+    verbose: bool = False,
 ) -> tuple[nn.Module, dict[str, list[float] | int | float]]:
     """Train with Adam on full-catalog cross-entropy; early-stop on valid NDCG@10; restore the best.
 
@@ -149,6 +150,7 @@ def train_sequential(
         device: where the model and batches live.
         weight_decay: Adam's L2 penalty (0 by default, as in RecBole's SASRec).
         mask_history: exclude history items when ranking the valid split.
+        verbose: print one line per epoch (loss, valid NDCG@10, seconds).
 
     Returns:
         ``(model, history)``: the model with its best weights, and a dict with per-epoch lists
@@ -184,6 +186,10 @@ def train_sequential(
         losses.append(total / max(seen, 1))
         ranks = rank_encoded(model, valid, num_items, mask_history=mask_history, device=device)
         valid_ndcg.append(ndcg_at_k(ranks, 10))
+        if verbose:
+            took = time.perf_counter() - start_time
+            line = f"epoch {epoch:3d}  train/loss {losses[-1]:.4f}  valid/ndcg@10 {valid_ndcg[-1]:.4f}"
+            print(f"{line}  {took:.0f} s", flush=True)
         if valid_ndcg[-1] > best:
             best, best_epoch = valid_ndcg[-1], epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -6,6 +6,8 @@ import math
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rrec.data import DataError, build_samples, like_dislike_samples, rating_samples
 
@@ -108,3 +110,27 @@ def test_like_dislike_unknown_item():
     items = pd.DataFrame({"item_id": ["a"], "title": ["A"]})
     with pytest.raises(DataError, match="'x'"):
         like_dislike_samples(toy_log(), items)
+
+
+logs = st.lists(
+    st.tuples(st.sampled_from(["u1", "u2", "u3"]), st.sampled_from("abcdef"), st.integers(0, 5)),
+    min_size=0,
+    max_size=30,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(logs, st.integers(1, 4))
+def test_build_samples_properties(events, max_history):
+    log = pd.DataFrame(events, columns=["user_id", "item_id", "timestamp"]).astype({"timestamp": float})
+    log["rating"] = 1.0
+    samples = build_samples(log, max_history=max_history)
+    # One sample per interaction that is not a user's first.
+    assert len(samples) == len(log) - log["user_id"].nunique()
+    for user, group in log.groupby("user_id", sort=False):
+        # The oracle: a stable sort of this user's rows by time.
+        sequence = group.sort_values("timestamp", kind="stable")["item_id"].tolist()
+        mine = samples[samples["user_id"] == user]
+        assert mine["target"].tolist() == sequence[1:]
+        for position, history in zip(mine["position"], mine["history"], strict=True):
+            assert history == sequence[max(0, position - max_history) : position]

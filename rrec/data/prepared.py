@@ -9,7 +9,6 @@ place, so a reader never sees half a dataset.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -18,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rrec.data.samples import build_samples
+from rrec.data.samples import build_samples, cut_lists
 from rrec.data.splits import leave_one_out_split, temporal_split
 from rrec.data.tables import DataError, check_tables
 
@@ -205,20 +205,34 @@ def save_prepared(data: PreparedData, directory: str | Path) -> Path:
     return directory
 
 
+def _python_lists(column: pa.ChunkedArray) -> list[list]:
+    """A list column as Python lists; float nulls (NaN written from pandas) come back as NaN."""
+    array = column.combine_chunks()
+    offsets = array.offsets.to_numpy()
+    offsets = (offsets - offsets[0]).tolist()
+    flat = array.flatten()
+    if pa.types.is_string(flat.type) or pa.types.is_large_string(flat.type):
+        # Item ids repeat: build each distinct string once and share it (ML-1M: 3.7K, not 16M, objects).
+        encoded = flat.dictionary_encode()
+        distinct = np.asarray([*encoded.dictionary.to_pylist(), None], dtype=object)
+        codes = encoded.indices.fill_null(len(distinct) - 1).to_numpy(zero_copy_only=False)
+        values = distinct[codes].tolist()
+    else:
+        values = flat.to_numpy(zero_copy_only=False).tolist()
+    return cut_lists(values, offsets[:-1], offsets[1:])
+
+
 def _read_parquet(path: Path) -> pd.DataFrame:
     """Read a table written by :func:`save_prepared`, with list columns back as Python lists."""
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as e:
         raise DataError(f"{path.name}: cannot read ({e})") from e
-    frame = table.to_pandas()
-    for field in table.schema:
-        if pa.types.is_list(field.type) or pa.types.is_large_list(field.type):
-            lists = table.column(field.name).to_pylist()
-            if pa.types.is_floating(field.type.value_type):
-                # Arrow stores a NaN written from pandas as null; give the NaN back.
-                lists = [[math.nan if v is None else v for v in row] for row in lists]
-            frame[field.name] = pd.Series(lists, index=frame.index, dtype=object)
+    frame = table.drop_columns([f.name for f in table.schema if pa.types.is_list(f.type)]).to_pandas()
+    for index, field in enumerate(table.schema):
+        if pa.types.is_list(field.type):
+            lists = pd.Series(_python_lists(table.column(field.name)), index=frame.index, dtype=object)
+            frame.insert(index, field.name, lists)
     return frame
 
 

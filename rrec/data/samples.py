@@ -13,6 +13,10 @@ Columns of :func:`build_samples` (one row per sample):
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
 import numpy as np
 import pandas as pd
 
@@ -28,6 +32,28 @@ SAMPLE_COLUMNS: tuple[str, ...] = (
     "rating",
     "timestamp",
 )
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building millions of small objects.
+
+    Each allocation burst otherwise triggers collections that walk every live object: building the
+    3 x 1M history lists of ML-1M is 15x slower with the collector on.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def cut_lists(values: list, starts: Sequence[int], ends: Sequence[int]) -> list[list]:
+    """``[values[a:b] for a, b in zip(starts, ends)]``, with the garbage collector paused."""
+    with paused_gc():
+        return [values[a:b] for a, b in zip(starts, ends, strict=True)]
 
 
 def build_samples(interactions: pd.DataFrame, max_history: int = 20) -> pd.DataFrame:
@@ -74,9 +100,9 @@ def build_samples(interactions: pd.DataFrame, max_history: int = 20) -> pd.DataF
         {
             "user_id": pd.Series([users[i] for i in rows], dtype=str),
             "position": positions[rows].astype(np.int64),
-            "history": [items[lo:i] for lo, i in zip(lows, rows, strict=True)],
-            "history_ratings": [ratings[lo:i] for lo, i in zip(lows, rows, strict=True)],
-            "history_timestamps": [times[lo:i] for lo, i in zip(lows, rows, strict=True)],
+            "history": cut_lists(items, lows, rows),
+            "history_ratings": cut_lists(ratings, lows, rows),
+            "history_timestamps": cut_lists(times, lows, rows),
             "target": pd.Series([items[i] for i in rows], dtype=str),
             "rating": np.asarray([ratings[i] for i in rows], dtype=float),
             "timestamp": np.asarray([times[i] for i in rows], dtype=float),

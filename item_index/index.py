@@ -20,6 +20,7 @@ from item_index import storage
 from item_index.backends import FlatBackend, HNSWBackend, IVFBackend, resolve_params
 from item_index.errors import ItemIndexError
 from item_index.inputs import Id, as_ids, as_vectors, duplicates, normalize_id, show
+from item_index.ranking import excluded_keys, rank_candidates
 
 
 class ItemIndex:
@@ -245,40 +246,17 @@ class ItemIndex:
         xq = as_vectors(xq, self.dim, None, "search")
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise ItemIndexError(f"search: k must be a positive int, got {k!r}")
-        excluded = self._excluded_keys(exclude, len(xq))
+        excluded = excluded_keys(exclude, len(xq), self._key_of)
         self._refresh()
         fetch = min(int(k) + max((len(e) for e in excluded), default=0), len(self))
-        scores = np.full((len(xq), k), -np.inf, dtype=np.float32)  # (Q, K)
-        ids = np.full((len(xq), k), -1 if self._id_type == "int" else None, dtype=self._ext.dtype)
         if fetch == 0:
-            return scores, ids
-        dist, keys = self._backend.search(xq, fetch)  # (Q, F), F = fetch
-        for q, ex in enumerate(excluded):
-            if ex:
-                keys[q, np.isin(keys[q], list(ex))] = -1
-        found = keys >= 0
-        score = np.where(found, dist if self.metric == "ip" else -dist, -np.inf)  # (Q, F)
-        rows = np.where(found, self._rows(np.maximum(keys, 0)), self._n_rows)  # (Q, F), padding last
-        order = np.lexsort((rows, -score), axis=-1)[:, :k]  # best score first, then insertion order
-        take = min(k, fetch)
-        scores[:, :take] = np.take_along_axis(score, order, axis=-1)
-        rows = np.take_along_axis(rows, order, axis=-1)  # (Q, take)
-        hit = rows < self._n_rows
-        ids[:, :take][hit] = self._ext[rows[hit]]
+            scores, rows = np.full((len(xq), k), -np.inf, np.float32), np.full((len(xq), k), -1)
+        else:
+            dist, keys = self._backend.search(xq, fetch)  # (Q, F), F = fetch
+            scores, rows = rank_candidates(dist, keys, self._rows, self.metric, int(k), excluded)  # (Q, K)
+        ids = np.full(rows.shape, -1 if self._id_type == "int" else None, dtype=self._ext.dtype)
+        ids[rows >= 0] = self._ext[rows[rows >= 0]]
         return scores, ids
-
-    def _excluded_keys(self, exclude: list[Any] | None, n_queries: int) -> list[set[int]]:
-        if exclude is None:
-            return [set() for _ in range(n_queries)]
-        if isinstance(exclude, str | bytes) or len(exclude) != n_queries:
-            raise ItemIndexError(f"search: exclude needs one entry per query ({n_queries}), got {exclude!r}")
-        out = []
-        for q, entry in enumerate(exclude):
-            if isinstance(entry, str | bytes):
-                raise ItemIndexError(f"search: exclude[{q}] must be a list of ids, got the string {entry!r}")
-            keys = (self._key_of.get(normalize_id(i)) for i in (entry if entry is not None else ()))
-            out.append({key for key in keys if key is not None})
-        return out
 
     # ----------------------------------------------------------------- files
     def save(self, path: str | Path, fingerprint: str | None = None) -> None:

@@ -305,3 +305,18 @@ def test_catalog_churn_keeps_mapping_and_exact_search(backend, ops, metric):
             exclude = [list(model)[:2], [], None]
             got = index.search(xq, 5, exclude=exclude)
             assert_matches_oracle(got, np.stack(list(model.values())), list(model), xq, 5, metric, exclude)
+
+
+def test_rank_candidates_worked_example():
+    from item_index.ranking import rank_candidates
+
+    # one query, 4 candidates from FAISS (l2 distances, best first) with keys 7, 3, 5 and -1 (not found);
+    # key k sits at store row k // 2 (7 -> 3, 3 -> 1, 5 -> 2). Key 5 is excluded.
+    dist = np.array([[1.0, 2.0, 2.0, 0.0]], np.float32)
+    keys = np.array([[7, 3, 5, -1]])
+    scores, rows = rank_candidates(dist, keys, lambda k: k // 2, "l2", 4, [{5}])
+    # l2 scores are -dist: -1 (row 3), -2 (row 1); then two padding slots
+    assert scores.tolist() == [[-1.0, -2.0, -np.inf, -np.inf]] and rows.tolist() == [[3, 1, -1, -1]]
+    # ip: equal scores 2.0 for keys 3 and 5 are ordered by row (1 before 2), whatever FAISS's order
+    scores, rows = rank_candidates(dist[:, :3], keys[:, [0, 2, 1]], lambda k: k // 2, "ip", 2, [set()])
+    assert scores.tolist() == [[2.0, 2.0]] and rows.tolist() == [[1, 2]]

@@ -32,6 +32,8 @@ class ContrastiveConfig:
     out_dir: str = "runs/contrastive"
     seed: int = 0
     dtype: str = "auto"
+    device: str = "auto"
+    max_history: int = 20
     lora: bool = True
     lora_rank: int = 4
     lora_alpha: int = 8

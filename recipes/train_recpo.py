@@ -43,7 +43,11 @@ class RecPOConfig:
     prepared: str = ""  # prepared dataset folder; "" = ML-100K temporal (prepared on demand)
     out_dir: str = "runs/recpo"
     seed: int = 0
-    dtype: str = "auto"  # auto: bfloat16 base weights with LoRA (adapters stay float32), float32 otherwise
+    dtype: str = (
+        "auto"  # auto: bf16 where fast (GPU, CPUs with AVX512-BF16/AMX) else float32; LoRA stays fp32
+    )
+    device: str = "auto"  # auto: cuda if available, else cpu
+    max_history: int = 20  # history items shown in the prompt (R²ec: 20)
     lora: bool = True
     lora_rank: int = 4  # R²ec
     lora_alpha: int = 8
@@ -86,7 +90,7 @@ class RecPOConfig:
 def setup(cfg: RecPOConfig):
     """Model (+LoRA), prepared data, evaluation subset: shared with the contrastive recipe."""
     from rrec.assets import fetch, model_dir
-    from rrec.backbone import apply_lora
+    from rrec.backbone import apply_lora, parse_dtype
     from rrec.data import load_prepared
     from rrec.evaluation import select_samples
     from rrec.model import ReasoningRecommender
@@ -95,14 +99,17 @@ def setup(cfg: RecPOConfig):
     if cfg.prepared:
         data = load_prepared(cfg.prepared)
     else:
-        from recipes.prepare import main as prepare_main
+        from recipes.prepare import ensure_default
 
-        data = load_prepared(prepare_main([])["out_dir"])
+        data = load_prepared(ensure_default())
     path = cfg.model or str(fetch(datasets=())["model"] if not model_dir().exists() else model_dir())
-    dtype = {"auto": torch.bfloat16 if cfg.lora else torch.float32, "bfloat16": torch.bfloat16}.get(
-        cfg.dtype, torch.float32
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    dtype = parse_dtype(cfg.dtype, device)
+    if dtype != torch.float32 and not cfg.lora:
+        dtype = torch.float32  # full fine-tuning keeps float32 master weights (lr 1e-5 vanishes in bf16)
+    model = ReasoningRecommender.from_pretrained(
+        path, dtype=dtype, device=device, catalog=data.items, max_history=cfg.max_history
     )
-    model = ReasoningRecommender.from_pretrained(path, dtype=dtype, catalog=data.items)
     if cfg.lora:
         model.lm = apply_lora(model.lm, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
     if cfg.gradient_checkpointing:

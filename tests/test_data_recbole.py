@@ -157,6 +157,7 @@ def ml100k_dir() -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.slow_ci
 def test_real_ml100k(ml100k_dir):
     items, inter = load_movielens(ml100k_dir, "ml-100k")
     assert (len(items), len(inter), inter["user_id"].nunique()) == (1682, 100_000, 943)

@@ -6,20 +6,30 @@ answers ``search(xq, k) -> (distances, keys)`` with FAISS conventions: distances
 have key ``-1``. They share no base class; each has ``add``, ``remove``, ``search``, ``ntotal`` and
 ``wants_rebuild``. Shapes: N items, D dim, Q queries, K results per query.
 
-Defaults (chosen so recall@10 against exact search is >= 0.95 on random Gaussian data, the worst case
-for approximate search because it has no cluster structure; tested on 5,000 x 64, measured at 1M x 576 in
-BENCHMARKS.md). Real item embeddings cluster, and much cheaper settings usually reach the same recall:
-measure with ``bench/item_index_scale.py``.
+Defaults. Random Gaussian data is the worst case for approximate search (no cluster structure), so
+each default is stated with the recall@10 against exact search it gives there; real item embeddings
+cluster, and much cheaper settings usually reach the same recall -- measure with
+``bench/item_index_scale.py``.
 
-- ``ivf``: ``nlist=1024`` lists; ``nprobe=None`` meaning ``ceil(7/8 * nlist)`` lists probed (random data
-  needs most lists probed: 7/8 gave 0.97 at 200k x 576). The IVF is trained on the ``add`` that brings the
-  item count to ``39 * nlist`` (FAISS's minimum of 39 training points per list), on all vectors present
+- ``ivf``: ``nlist=1024`` lists; ``nprobe=None`` meaning ``ceil(7/8 * nlist)`` lists probed. Recall@10:
+  0.99 at 5,000 x 64 with ``nlist=64`` (tests/test_item_index_ann.py), 0.97 at 1M x 576 with the defaults
+  (BENCHMARKS.md); probing 1/4 of the lists gives only about 0.5 on random data, so on such data IVF saves
+  little over flat. The IVF is trained on the ``add`` that brings the item count to ``39 * nlist``
+  (FAISS's minimum of 39 training points per list; 39,936 items for the default), on all vectors present
   then (FAISS subsamples to 256 per list); until then search is exact (a flat index). The centroids are
-  kept afterwards, also across removals and through ``save``/``load``.
-- ``hnsw``: ``M=32`` links per node, ``ef_construction=100``, ``ef_search=256``. FAISS cannot remove
-  from an HNSW graph, so removed and replaced items stay in the graph, marked stale, and are filtered out
-  during search with an ``IDSelectorBitmap`` (they still serve as stepping stones); when stale nodes
-  outnumber live ones, ``wants_rebuild`` turns true and the owner rebuilds the graph from its vectors.
+  kept afterwards, also across removals and through ``save``/``load``; they are not retrained as the
+  catalog grows (build a new index to retrain).
+- ``hnsw``: ``M=32`` links per node, ``ef_construction=100``, ``ef_search=256``. Recall@10: 1.00 at
+  5,000 x 64 (tests); on random dim-576 data it falls with size (0.33 at 150k items, 0.69 with
+  ``ef_search=1024``; BENCHMARKS.md), where no practical ``ef_search`` reaches 0.95: use flat or ivf for
+  such data. FAISS cannot remove from an HNSW graph, so removed and replaced items stay in the graph,
+  marked stale, and are filtered out during search with an ``IDSelectorBitmap`` (they still serve as
+  stepping stones); when stale nodes outnumber live ones, ``wants_rebuild`` turns true and the owner
+  rebuilds the graph from its vectors at the next search (a full build: minutes at 100k+ items on 2 cores).
+- Exact settings (used by the tests): ``flat``; ``ivf`` with ``nprobe == nlist``; ``hnsw`` with
+  ``ef_search`` at least the number of graph nodes (every node reachable from the entry point is then
+  visited; FAISS's graphs on small catalogs are connected in practice: 1,500 random churn sequences of
+  up to a few hundred items matched brute force).
 """
 
 from __future__ import annotations

@@ -136,6 +136,15 @@ def test_padding_does_not_change_scores(kind):
     assert out[0].shape == (1, N_ITEMS)
 
 
+def test_sasrec_last_query_block_equals_the_full_blocks_last_row():
+    model = make_model("sasrec").eval()
+    block = model.blocks[0]
+    torch.manual_seed(1)
+    x = torch.randn(3, 5, 32)  # (B, L, D)
+    allowed = torch.ones(5, 5, dtype=torch.bool).tril()[None, None].expand(3, 1, 5, 5)  # causal
+    torch.testing.assert_close(block(x, allowed)[:, -1:], block(x, allowed[:, :, -1:]))
+
+
 # ---- learning, determinism, early stopping ---------------------------------------------------------
 
 

@@ -21,7 +21,10 @@ Where we depart from the paper, and where the defaults come from:
   ``dropout=0.2`` is the paper's rate for the dense MovieLens-1M (0.5 for the sparse sets);
   ``max_len=20`` is this project's history window (the paper uses 200 for ML-1M, 50 otherwise).
 * Blocks are pre-LayerNorm (as in the paper's code) with GELU in the feed-forward (RecBole) instead of
-  ReLU; the item embedding is not scaled by sqrt(D).
+  ReLU, and dropout after the feed-forward but not between its two layers (RecBole; the paper drops
+  after both); the item embedding is not scaled by sqrt(D).
+* Only the last position is scored, so the last block computes that one query (against all keys): the
+  same output as the full block's last row, at about half the cost on CPU.
 * Each position attends causally to the real items up to itself; a padding position attends only to
   itself, so no attention row is empty (an all-masked softmax would give NaN).
 """

@@ -13,7 +13,10 @@ The loop is a plain KV-cached decode (the CPU path; the GPU engine of the speed 
 * ``logps`` are the log-probs of the taken tokens under ``softmax(logits / temperature)`` without
   top-k/top-p truncation: TRL's convention for the policy the loss optimises. They are kept for
   diagnostics; RecPO recomputes the old log-probs with a teacher-forced pass (see ``recpo.py``);
-* generation stops as soon as every sequence has its user state.
+* generation stops as soon as every sequence has its user state;
+* ``row_seeds`` (optional) gives each row its own ``torch.Generator``: a row's draws then depend only on
+  its seed and its own logits, not on which other rows share the batch, so a batch split over several
+  processes samples the same tokens as one process (slower: one draw per row per token).
 """
 
 from __future__ import annotations
@@ -77,6 +80,21 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def sample_next_per_row(
+    logits: Tensor,
+    generators: Sequence[torch.Generator],
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> Tensor:
+    """(N, V) logits -> (N,) next tokens, row i drawn from ``softmax(warp_logits(...))[i]`` with
+    ``generators[i]`` alone."""
+    probs = warp_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p).softmax(-1)  # (N, V)
+    draws = [torch.multinomial(probs[i : i + 1], 1, generator=g) for i, g in enumerate(generators)]
+    return torch.cat(draws).squeeze(-1)  # (N,)
+
+
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[Tensor, Tensor]:
     """Token lists -> ((B, L) left-padded ids, (B, L) mask)."""
     if not sequences:
@@ -108,15 +126,22 @@ def generate_reasoning(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
+    row_seeds: Sequence[int] | None = None,
 ) -> Rollout:
     """Sample ``num_generations`` reasonings per left-padded prompt, each ending with ``<answer>``.
 
     Args:
         prompt_ids: (B, P) left-padded prompt ids; prompt_mask: (B, P).
         max_new_tokens: budget including ``<answer>`` (>= 1; 1 means "answer at once").
+        row_seeds: optional (B*G,) seeds, one per output row (user-major); each row then samples from
+            its own generator and ``generator`` is unused. None (default): one shared ``generator``.
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
+    if row_seeds is not None and len(row_seeds) != prompt_ids.shape[0] * num_generations:
+        raise ValueError(
+            f"{len(row_seeds)} row_seeds for {prompt_ids.shape[0]} prompts x {num_generations} samples"
+        )
     lm_head = lm.get_output_embeddings()
     G = num_generations
     hidden, cache = final_hidden(lm, prompt_ids, prompt_mask, use_cache=True)  # (B, P, D)
@@ -129,6 +154,9 @@ def generate_reasoning(
     next_pos = position_ids_from_mask(prompt_mask)[:, -1] + 1  # (B*G,)
     mask = prompt_mask
     eos = torch.tensor(sorted(set(eos_ids) - {answer_id}), dtype=torch.long, device=device)
+    row_gens = None
+    if row_seeds is not None and do_sample:
+        row_gens = [torch.Generator(device=device).manual_seed(int(s)) for s in row_seeds]
     tokens, logps = [], []
     done = torch.zeros(n, dtype=torch.bool, device=device)  # emitted <answer>
     forced = torch.zeros(n, dtype=torch.bool, device=device)
@@ -143,14 +171,17 @@ def generate_reasoning(
         if bool(done.all()):
             break
         logits = lm_head(h).float()  # (B*G, V)
-        nxt = sample_next(
-            logits,
-            do_sample=do_sample,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            generator=generator,
-        )
+        if row_gens is not None:
+            nxt = sample_next_per_row(logits, row_gens, temperature=temperature, top_k=top_k, top_p=top_p)
+        else:
+            nxt = sample_next(
+                logits,
+                do_sample=do_sample,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                generator=generator,
+            )
         if eos.numel():
             hit_eos = torch.isin(nxt, eos) & ~done
             forced |= hit_eos

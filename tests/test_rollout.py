@@ -15,7 +15,7 @@ from transformers.generation.logits_process import (
 
 from rrec.backbone import final_hidden
 from rrec.prompts import add_answer_token
-from rrec.rollout import generate_reasoning, left_pad, sample_next, warp_logits
+from rrec.rollout import generate_reasoning, left_pad, sample_next, sample_next_per_row, warp_logits
 
 
 @pytest.fixture()
@@ -205,3 +205,44 @@ def test_sampler_matches_hf_generate_first_token(lm_tok):
     # at most 8 tokens survive: two independent 1000-draw histograms differ by TV ~0.05 at most by chance
     assert (a > 0).sum() <= 8 and (b > 0).sum() <= 8
     assert 0.5 * (a - b).abs().sum().item() < 0.12
+
+
+def test_row_seeds_draw_each_row_independently_of_its_batch(lm_tok):
+    # the batch [A, B] with G = 2 and seeds (11, 12, 13, 14) vs the batch [A] alone with seeds (11, 12):
+    # A is left-padded to B's width in the first batch and not in the second, and shares the batch with
+    # other rows, yet its rows draw the same tokens because each row samples from its own generator
+    lm, tok, answer = lm_tok
+    ids, mask = _prompts(tok)
+    kw = dict(answer_id=answer, pad_id=tok.pad_token_id, max_new_tokens=6, num_generations=2,
+              do_sample=True, temperature=1.5, top_k=50)  # fmt: skip
+    both = generate_reasoning(lm, ids, mask, row_seeds=[11, 12, 13, 14], **kw)
+    n_a = int(mask[0].sum())
+    alone = generate_reasoning(lm, ids[:1, -n_a:], mask[:1, -n_a:], row_seeds=[11, 12], **kw)
+    for row in range(2):
+        m = both.completion_mask[row].bool()
+        assert torch.equal(alone.completion_mask[row].bool(), m[: alone.completion_mask.shape[1]])
+        assert torch.equal(
+            both.completion_ids[row][m], alone.completion_ids[row][m[: alone.completion_ids.shape[1]]]
+        )
+    torch.testing.assert_close(both.user_states[:2], alone.user_states, atol=1e-5, rtol=1e-4)
+    # the same seeds give the same rollout; a shared generator is left untouched
+    g = torch.Generator().manual_seed(5)
+    again = generate_reasoning(lm, ids, mask, row_seeds=[11, 12, 13, 14], generator=g, **kw)
+    assert torch.equal(again.completion_ids, both.completion_ids)
+    assert torch.equal(g.get_state(), torch.Generator().manual_seed(5).get_state())
+    with pytest.raises(ValueError, match="3 row_seeds for 2 prompts x 2 samples"):
+        generate_reasoning(lm, ids, mask, row_seeds=[1, 2, 3], **kw)
+
+
+def test_sample_next_per_row_uses_one_generator_per_row():
+    # row i is multinomial(probs[i]) with generator i alone: swapping rows and generators swaps draws
+    torch.manual_seed(0)
+    logits = torch.randn(2, 40)
+    draws = sample_next_per_row(logits, [torch.Generator().manual_seed(s) for s in (1, 2)], top_k=10)
+    for i, s in enumerate((1, 2)):
+        probs = warp_logits(logits[i : i + 1], top_k=10).softmax(-1)
+        assert draws[i] == torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(s)).item()
+    swapped = sample_next_per_row(
+        logits.flip(0), [torch.Generator().manual_seed(s) for s in (2, 1)], top_k=10
+    )
+    assert torch.equal(swapped, draws.flip(0))

@@ -3,10 +3,15 @@
 Every sample is scored against the whole item table (no sampled negatives); the sample's history items
 are masked out of the ranking unless ``mask_history=False`` (the target is never masked). Reasoning is
 greedy. Ranks use ``rrec.metrics.rank_of_target`` in float32, the same code as the ID baselines.
+
+Bad inputs: missing sample columns, targets or history items absent from the item table, and NaN or
+inf user states are errors raised before (or instead of) ranking; histories longer than the model's
+``max_history`` are cut with one ``HistoryTruncatedWarning`` per call.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rrec.metrics import bootstrap_ci, per_sample_ndcg, rank_of_target, ranking_report
+from rrec.prompts import HistoryTruncatedWarning, item_id_of, warn_truncated
 
 
 @dataclass
@@ -38,7 +44,7 @@ def histories_of(samples: pd.DataFrame) -> list[list[dict]]:
         times = getattr(row, "history_timestamps", None)
         recs = []
         for j, iid in enumerate(row.history):
-            r = {"item_id": str(iid)}
+            r = {"item_id": item_id_of(iid)}
             if ratings is not None and len(ratings) > j:
                 r["rating"] = float(ratings[j])
             if times is not None and len(times) > j:
@@ -76,9 +82,20 @@ def evaluate_samples(
     top_k: int = 20,
     progress: bool = True,
 ) -> EvalResult:
-    """Greedy reasoning (or none) -> user state -> full-catalog ranks of each sample's target."""
+    """Greedy reasoning (or none) -> user state -> full-catalog ranks of each sample's target.
+
+    ``samples`` needs ``user_id``, ``history`` and ``target`` (``timestamp``, ``history_ratings``,
+    ``history_timestamps`` optional). ``top_ids`` leave out masked items, so a row has fewer than
+    ``top_k`` ids when fewer items are left.
+    """
     if len(samples) == 0:
         raise ValueError("no samples to evaluate")
+    missing_cols = [c for c in ("user_id", "history", "target") if c not in samples.columns]
+    if missing_cols:
+        raise ValueError(f"samples lack the columns {missing_cols} (have {list(samples.columns)})")
+    for name, value in (("batch_size", batch_size), ("top_k", top_k)):
+        if isinstance(value, bool) or not hasattr(value, "__index__") or value < 1:  # int or numpy int
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
     columns = {iid: j for j, iid in enumerate(model.item_ids)}
     missing = sorted({t for t in samples["target"].astype(str) if t not in columns})
     if missing:
@@ -88,10 +105,17 @@ def evaluate_samples(
     res = EvalResult([], [], torch.empty(0, dtype=torch.long), [], [], [])
     ranks = []
     all_ids = model.item_ids
+    n_cut = sum(len(h) > model.config.max_history for h in hist)
+    if n_cut:
+        warn_truncated(n_cut, len(hist), model.config.max_history, stacklevel=4)  # past no_grad
     bar = tqdm(total=len(samples), desc="evaluate", unit="sample", disable=not progress)
     for start in range(0, len(samples), batch_size):
         stop = min(start + batch_size, len(samples))
-        states, texts, forced = model.reason(hist[start:stop], times[start:stop], reasoning, max_new_tokens)
+        with warnings.catch_warnings():  # warned once above, not once per batch
+            warnings.simplefilter("ignore", HistoryTruncatedWarning)
+            states, texts, forced = model.reason(
+                hist[start:stop], times[start:stop], reasoning, max_new_tokens
+            )
         scores = model.score(states)  # (b, N) float32
         exclude = torch.zeros_like(scores, dtype=torch.bool)
         if mask_history:
@@ -99,9 +123,11 @@ def evaluate_samples(
                 exclude[b, [columns[r["item_id"]] for r in h if r["item_id"] in columns]] = True
         target = torch.tensor([columns[str(t)] for t in samples["target"].iloc[start:stop]])
         ranks.append(rank_of_target(scores, target, exclude).cpu())
-        masked = scores.masked_fill(exclude, float("-inf"))
-        top = masked.topk(min(top_k, scores.shape[1]), dim=1).indices.tolist()
-        res.top_ids += [[all_ids[j] for j in row] for row in top]
+        top = scores.masked_fill(exclude, float("-inf")).topk(min(top_k, scores.shape[1]), dim=1)
+        kept = top.values > float("-inf")  # (b, K) False at masked items; real scores are finite
+        res.top_ids += [
+            [all_ids[j] for j in row[keep].tolist()] for row, keep in zip(top.indices, kept, strict=True)
+        ]
         res.reasonings += texts
         res.forced += forced
         bar.update(stop - start)

@@ -10,19 +10,99 @@ chat-template prefix (system turn, user header: about a third of an ML-100K item
 is run once and its KV cache reused by every batch; only the item-specific suffix is computed per item.
 Positions continue from the prefix, so the states equal those of the full prompts (tested). States are
 returned in float32 whatever the compute dtype.
+
+Catalog checks (:func:`catalog_records`, :func:`check_update`): ids follow
+:func:`rrec.prompts.item_id_of` (``str``, or ``int`` converted), must be unique, and an item without a
+title is kept with a warning (its prompt says "Untitled item").
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import warnings
+from collections import Counter
+from collections.abc import Container, Sequence
 
+import pandas as pd
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from rrec.backbone import final_hidden, last_token_states
+from rrec.prompts import item_id_of, text_of
 from rrec.rollout import left_pad
+
+
+def _show(ids: Sequence, limit: int = 5) -> str:
+    return f"{list(ids[:limit])}{' ...' if len(ids) > limit else ''} ({len(ids)} in all)"
+
+
+def catalog_records(frame: pd.DataFrame, what: str = "catalog") -> dict[str, dict]:
+    """Item records by ``str`` id, in frame order, from a DataFrame with ``item_id`` and ``title``.
+
+    Raises:
+        ValueError: not a DataFrame, a missing column, an id that is neither str nor int, or a repeated
+            id (ids are compared after conversion, so ``50`` and ``"50"`` repeat). ``what`` names the
+            frame in the message.
+
+    Warns:
+        UserWarning: items without a title (missing, NaN or blank): their prompts say "Untitled item".
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise ValueError(f"{what} must be a pandas DataFrame, got {type(frame).__name__}")
+    if "item_id" not in frame.columns or "title" not in frame.columns:
+        raise ValueError(f"{what} needs columns 'item_id' and 'title', got {list(frame.columns)}")
+    out: dict[str, dict] = {}
+    repeated, untitled = [], []
+    for r in frame.to_dict("records"):
+        try:
+            iid = item_id_of(r["item_id"])
+        except ValueError as err:
+            raise ValueError(f"{what}: {err}") from None
+        if iid in out:
+            repeated.append(iid)
+        if not text_of(r["title"]):
+            untitled.append(iid)
+        out[iid] = {**r, "item_id": iid}
+    if repeated:
+        raise ValueError(f"{what}: duplicate item ids {_show(repeated)}")
+    if untitled:
+        msg = f"{what}: items without a title are written 'Untitled item': {_show(untitled)}"
+        warnings.warn(msg, UserWarning, stacklevel=3)
+    return out
+
+
+def check_update(
+    present: Container[str],
+    added: pd.DataFrame | None,
+    removed: Sequence | None,
+    changed: pd.DataFrame | None,
+) -> tuple[dict[str, dict], list[str], dict[str, dict]]:
+    """Check a catalog change against the ids ``present`` in the item table, before anything is encoded.
+
+    Returns:
+        (added records by id, removed ids, changed records by id), ids as ``str``.
+
+    Raises:
+        ValueError: a repeated id; an added id already present; a removed or changed id absent; an id
+            in more than one of ``added``, ``removed``, ``changed``.
+    """
+    new = catalog_records(added, "added") if added is not None else {}
+    upd = catalog_records(changed, "changed") if changed is not None else {}
+    if isinstance(removed, str | bytes):
+        raise ValueError(f"removed must be a list of item ids, got the string {removed!r}")
+    gone = [item_id_of(i) for i in removed] if removed is not None else []
+    problems = [
+        ("removed: duplicate item ids", [i for i, n in Counter(gone).items() if n > 1]),
+        ("added: already in the item table", [i for i in new if i in present]),
+        ("removed: not in the item table", [i for i in gone if i not in present]),
+        ("changed: not in the item table", [i for i in upd if i not in present]),
+        ("in more than one of added / removed / changed", [i for i in gone if i in new or i in upd]),
+    ]
+    for message, ids in problems:
+        if ids:
+            raise ValueError(f"update_items: {message}: {_show(ids)}")
+    return new, gone, upd
 
 
 def tokenize_prompts(tokenizer, texts: Sequence[str], answer_id: int) -> list[list[int]]:

@@ -9,7 +9,8 @@ For a sample with score vector :math:`s \in \mathbb{R}^N` and target index :math
 where :math:`\mathcal{E}` is the set of excluded items (the user's history, unless the target itself).
 Ties are broken in the target's favour (an item with an equal score does not push it down); ranks are
 computed in float32 whatever the dtype of the scores, because bf16 logits of size 30-50 have a
-resolution of 0.25 and would tie half the catalog.
+resolution of 0.25 and would tie half the catalog. A NaN score anywhere is an error (its rank would be
+arbitrary); ``-inf`` and ``+inf`` are ordinary extreme scores (``-inf`` is a common way to mask).
 
 With one relevant item,
 
@@ -42,18 +43,30 @@ def rank_of_target(scores: Tensor, target_index: Tensor, exclude_mask: Tensor | 
     Returns:
         (B,) int64 ranks, 1 = best.
 
+    Raises:
+        ValueError: mismatched shapes, a target index outside ``[0, N)``, or a NaN score.
+
     Example:
         >>> rank_of_target(torch.tensor([[0.1, 0.9, 0.5]]), torch.tensor([2]))
         tensor([2])
     """
     if scores.ndim != 2:
         raise ValueError(f"scores must be (B, N), got shape {tuple(scores.shape)}")
+    B, N = scores.shape
+    if tuple(target_index.shape) != (B,):
+        raise ValueError(f"target_index must be ({B},) for scores {(B, N)}, got {tuple(target_index.shape)}")
+    if exclude_mask is not None and exclude_mask.shape != scores.shape:
+        raise ValueError(f"exclude_mask must be {(B, N)} like scores, got {tuple(exclude_mask.shape)}")
     s = scores.float()  # (B, N)
     target_index = target_index.to(device=s.device, dtype=torch.long)
+    outside = (target_index < 0) | (target_index >= N)  # (B,)
+    nan_rows = torch.isnan(s).any(dim=1)  # (B,)
+    if bool((outside | nan_rows).any()):  # one host sync on the happy path
+        if bool(outside.any()):
+            raise ValueError(f"target_index outside [0, {N}) at rows {_rows(outside)}")
+        raise ValueError(f"NaN scores at rows {_rows(nan_rows)}: the ranking is undefined")
     target_score = s.gather(1, target_index[:, None])  # (B, 1)
-    if torch.isnan(target_score).any():
-        raise ValueError("NaN score at a target: the ranking is undefined")
-    higher = s > target_score  # (B, N); NaN compares False, so a NaN item never outranks the target
+    higher = s > target_score  # (B, N)
     if exclude_mask is not None:
         keep = ~exclude_mask.to(device=s.device, dtype=torch.bool)
         keep = keep.scatter(1, target_index[:, None], True)
@@ -61,14 +74,28 @@ def rank_of_target(scores: Tensor, target_index: Tensor, exclude_mask: Tensor | 
     return 1 + higher.sum(dim=1)  # (B,)
 
 
+def _rows(flags: Tensor) -> str:
+    rows = flags.nonzero().flatten().tolist()
+    return f"{rows[:10]}{' ...' if len(rows) > 10 else ''} ({len(rows)} in all)"
+
+
 def _as_float(ranks: Tensor) -> Tensor:
     if ranks.numel() == 0:
         raise ValueError("no ranks given: a metric over zero samples is undefined")
-    return ranks.to(torch.float64)
+    r = ranks.to(torch.float64)
+    if not bool((r >= 1).all()):  # NaN fails too
+        raise ValueError(f"ranks are 1-based: got {r[~(r >= 1)][:5].tolist()}")
+    return r
+
+
+def _check_k(k: int) -> None:
+    if isinstance(k, bool) or not hasattr(k, "__index__") or k < 1:  # int or numpy int, not 10.0
+        raise ValueError(f"the cut-off k must be a positive int, got {k!r}")
 
 
 def hit_at_k(ranks: Tensor, k: int) -> float:
     r"""Mean of :math:`\mathbb{1}[r \le K]` over samples."""
+    _check_k(k)
     return float((_as_float(ranks) <= k).double().mean())
 
 
@@ -89,6 +116,7 @@ def mrr(ranks: Tensor) -> float:
 
 def per_sample_ndcg(ranks: Tensor, k: int) -> Tensor:
     """(B,) float64 NDCG@K of each sample (0 beyond the cut-off)."""
+    _check_k(k)
     r = _as_float(ranks)
     gain = 1.0 / torch.log2(r + 1.0)
     return torch.where(r <= k, gain, torch.zeros_like(gain))

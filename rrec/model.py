@@ -11,6 +11,11 @@ float32; ``similarity="dot"`` uses the raw inner product instead. For cosine, th
 L2-normalised vectors, so its inner product is the cosine.
 
 Letters: B users, N items, D hidden, K cut-off.
+
+Bad inputs give a ``ValueError`` / ``KeyError`` naming what is wrong, before any generation runs. The
+documented exceptions: a history longer than ``max_history`` is cut, with one
+``rrec.prompts.HistoryTruncatedWarning`` per call; an empty history is a cold start; ``k`` beyond what
+is left returns fewer items. Every case has a test, listed in ``docs/bad_inputs.md``.
 """
 
 from __future__ import annotations
@@ -24,10 +29,17 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from item_index import ItemIndex
+from item_index import ItemIndex, ItemIndexError
 from rrec import backbone
-from rrec.items import encode_token_lists, tokenize_prompts
-from rrec.prompts import PromptStyle, add_answer_token, render_item_prompt, render_user_prompt
+from rrec.items import catalog_records, check_update, encode_token_lists, tokenize_prompts
+from rrec.prompts import (
+    PromptStyle,
+    add_answer_token,
+    history_prompt,
+    history_records,
+    render_item_prompt,
+    warn_truncated,
+)
 from rrec.rollout import generate_reasoning, left_pad
 
 CONFIG_NAME = "rrec_config.json"
@@ -56,17 +68,10 @@ class RecConfig:
     has_adapter: bool = False
 
 
-def _records(history: Sequence) -> list[dict]:
-    """History as records: a bare id becomes ``{"item_id": id}``."""
-    out = []
-    for h in history:
-        if isinstance(h, Mapping):
-            if "item_id" not in h:
-                raise ValueError(f"history record without 'item_id': {h!r}")
-            out.append(dict(h))
-        else:
-            out.append({"item_id": h})
-    return out
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not hasattr(value, "__index__") or value < 1:  # int or numpy int
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
 
 
 class ReasoningRecommender(nn.Module):
@@ -99,6 +104,8 @@ class ReasoningRecommender(nn.Module):
             raise ValueError(f"similarity must be 'cosine' or 'dot', got {similarity!r}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        _positive_int("max_new_tokens", max_new_tokens)
+        _positive_int("max_history", max_history)
         self.lm = lm
         self.tokenizer = tokenizer
         self.answer_id = add_answer_token(tokenizer, lm)
@@ -115,13 +122,42 @@ class ReasoningRecommender(nn.Module):
         self.catalog: dict[str, dict] = {}
         if catalog is not None:
             self.set_catalog(catalog)
-        self.rec_head: ItemIndex | None = None
         self._table: Tensor | None = None  # cached (N, D) torch copy of rec_head for exact scoring
+        self.rec_head = None
 
     # ------------------------------------------------------------------ heads and states
     @property
     def lm_head(self) -> nn.Module:
         return self.lm.get_output_embeddings()
+
+    @property
+    def hidden_size(self) -> int:
+        """D, the size of the final hidden state (the input size of ``lm_head``)."""
+        return self.lm_head.weight.shape[1]
+
+    @property
+    def rec_head(self) -> ItemIndex | None:
+        """The item table. Assigning one checks it (an ``"ip"`` ItemIndex of dim D) and drops the cache."""
+        return self._rec_head
+
+    @rec_head.setter
+    def rec_head(self, index: ItemIndex | None) -> None:
+        if index is not None:
+            if not isinstance(index, ItemIndex):
+                raise ValueError(f"rec_head must be an item_index.ItemIndex, got {type(index).__name__}")
+            if index.metric != "ip":
+                raise ValueError(
+                    f"rec_head must use metric 'ip' (scores are inner products), got {index.metric!r}"
+                )
+            self._check_dim(index.dim)
+        self._rec_head, self._table = index, None
+
+    def _check_dim(self, dim: int) -> None:
+        if dim != self.hidden_size:
+            raise ValueError(
+                f"item table dim {dim} does not match the model's hidden size {self.hidden_size}: the table "
+                "was built by another model; rebuild it with build_item_table()"
+            )
 
     @property
     def device(self) -> torch.device:
@@ -139,17 +175,27 @@ class ReasoningRecommender(nn.Module):
         return nn.functional.normalize(x.float(), dim=-1) if self.config.similarity == "cosine" else x.float()
 
     def score(self, user_states: Tensor) -> Tensor:
-        """(B, D) user states -> (B, N) float32 scores against the whole table (columns in ``item_ids``)."""
+        """(B, D) user states -> (B, N) float32 scores against the whole table (columns in ``item_ids``).
+
+        Raises:
+            ValueError: states not of shape (B, D); a state or a score that is NaN or inf (never ranked).
+        """
         table = self.item_table()  # (N, D), already normalised for cosine
+        if user_states.ndim != 2 or user_states.shape[1] != table.shape[1]:
+            raise ValueError(
+                f"user states must be (B, {table.shape[1]}), got shape {tuple(user_states.shape)}"
+            )
+        _check_finite(user_states, "user states")
         u = self._normalise(user_states).to(table.device)  # (B, D)
-        return (u @ table.T) / self.config.temperature  # (B, N)
+        scores = (u @ table.T) / self.config.temperature  # (B, N)
+        _check_finite(scores, f"scores ({self.config.similarity} / temperature overflowed)")
+        return scores
 
     # ------------------------------------------------------------------ catalog and item table
     def set_catalog(self, catalog: pd.DataFrame) -> None:
-        if "item_id" not in catalog.columns or "title" not in catalog.columns:
-            raise ValueError("catalog needs columns 'item_id' and 'title'")
-        recs = catalog.to_dict("records")
-        self.catalog = {str(r["item_id"]): r for r in recs}
+        """Use ``catalog`` (``item_id``, ``title``, attributes) for prompts; checked by ``catalog_records``:
+        ids ``str`` (ints converted), unique; a missing title warns and reads "Untitled item"."""
+        self.catalog = catalog_records(catalog)
 
     def item_prompt_ids(self, items: Sequence[Mapping]) -> list[list[int]]:
         texts = [render_item_prompt(self.tokenizer, it, self.style) for it in items]
@@ -164,6 +210,12 @@ class ReasoningRecommender(nn.Module):
         ids = self.item_prompt_ids(list(items))
         return encode_token_lists(self.lm, ids, pad_id=self.pad_id, batch_size=batch_size, progress=progress)
 
+    def _item_vectors(self, records: Mapping[str, Mapping], batch_size: int, progress: bool) -> Tensor:
+        """(N, D) table rows for ``records`` (by id); NaN or inf states are refused, naming the items."""
+        vecs = self._normalise(self.encode_items(list(records.values()), batch_size, progress))
+        _check_finite(vecs, "item states", labels=list(records))
+        return vecs
+
     def build_item_table(
         self, catalog: pd.DataFrame | None = None, batch_size: int = 64, backend: str = "flat", **params
     ) -> ItemIndex:
@@ -171,12 +223,13 @@ class ReasoningRecommender(nn.Module):
         if catalog is not None:
             self.set_catalog(catalog)
         if not self.catalog:
-            raise ValueError("no catalog: pass a DataFrame with item_id and title")
-        ids = list(self.catalog)
-        vecs = self._normalise(self.encode_items([self.catalog[i] for i in ids], batch_size=batch_size))
+            raise ValueError(
+                "the catalog is empty or was never given: pass a DataFrame with item_id and title"
+            )
+        vecs = self._item_vectors(self.catalog, batch_size, progress=True)
         index = ItemIndex(vecs.shape[1], metric="ip", backend=backend, **params)
-        index.add(ids, vecs.cpu().numpy())
-        self.rec_head, self._table = index, None
+        index.add(list(self.catalog), vecs.cpu().numpy())
+        self.rec_head = index
         return index
 
     def update_items(
@@ -186,29 +239,35 @@ class ReasoningRecommender(nn.Module):
         changed: pd.DataFrame | None = None,
         batch_size: int = 64,
     ) -> None:
-        """Incremental catalog change: re-encode only ``added`` and ``changed`` items, drop ``removed``."""
+        """Incremental catalog change: re-encode only ``added`` and ``changed`` items, drop ``removed``.
+
+        Everything is checked (``rrec.items.check_update``) and encoded before the table changes, so a
+        bad change (repeated id, added id already present, removed/changed id absent, an id in two
+        roles, NaN states) raises ``ValueError`` and leaves the table as it was.
+        """
         if self.rec_head is None:
             raise ValueError("no item table yet: call build_item_table first")
-        if removed:
-            ids = [str(i) for i in removed]
-            self.rec_head.remove(ids)
-            for i in ids:
+        new, gone, upd = check_update(self.rec_head, added, removed, changed)
+        steps = [(self.rec_head.replace, upd), (self.rec_head.add, new)]
+        encoded = [
+            (op, recs, self._item_vectors(recs, batch_size, progress=False)) for op, recs in steps if recs
+        ]
+        if gone:
+            self.rec_head.remove(gone)
+            for i in gone:
                 self.catalog.pop(i, None)
-        for frame, op in ((changed, self.rec_head.replace), (added, self.rec_head.add)):
-            if frame is None or len(frame) == 0:
-                continue
-            recs = frame.to_dict("records")
-            vecs = self._normalise(self.encode_items(recs, batch_size=batch_size, progress=False))
-            ids = [str(r["item_id"]) for r in recs]
-            op(ids, vecs.cpu().numpy())
-            for i, r in zip(ids, recs, strict=True):
-                self.catalog[i] = r
+        for op, recs, vecs in encoded:
+            op(list(recs), vecs.cpu().numpy())
+            self.catalog.update(recs)
         self._table = None
 
     def item_table(self) -> Tensor:
         """(N, D) float32 tensor of ``rec_head`` on the model's device, rows in ``item_ids`` order."""
         if self.rec_head is None:
             raise ValueError("no item table yet: call build_item_table first")
+        if len(self.rec_head) == 0:
+            raise ValueError("the item table is empty (every item was removed): nothing to rank")
+        self._check_dim(self.rec_head.dim)
         if self._table is None or self._table.device != self.device:
             self._table = self.rec_head.as_tensor(device=self.device)
         return self._table
@@ -224,12 +283,23 @@ class ReasoningRecommender(nn.Module):
 
     # ------------------------------------------------------------------ recommend
     def user_prompt(self, history: Sequence, target_time: float | None = None, reasoning: bool = True) -> str:
-        recs = _records(history)[-self.config.max_history :]
-        unknown = [r["item_id"] for r in recs if str(r["item_id"]) not in self.catalog]
-        if unknown:
-            raise KeyError(f"history items not in the catalog: {unknown[:10]}")
-        recs = [{**r, "item_id": str(r["item_id"])} for r in recs]
-        return render_user_prompt(self.tokenizer, recs, self.catalog, target_time, reasoning, self.style)
+        """The chat-templated prompt for one history (its last ``max_history`` entries).
+
+        A longer history warns (``HistoryTruncatedWarning``). Raises ``ValueError`` for a malformed
+        history (see ``rrec.prompts.history_records``) and ``KeyError`` for ids not in the catalog.
+        """
+        text, dropped = self._prompt(history, target_time, reasoning)
+        if dropped:
+            warn_truncated(1, 1, self.config.max_history)
+        return text
+
+    def _prompt(self, history: Sequence, target_time: float | None, reasoning: bool) -> tuple[str, int]:
+        """(prompt, number of history entries cut by ``max_history``)."""
+        if not self.catalog:
+            raise ValueError("no catalog: pass a DataFrame with item_id and title (set_catalog)")
+        return history_prompt(
+            self.tokenizer, history, self.catalog, self.config.max_history, target_time, reasoning, self.style
+        )
 
     @torch.no_grad()
     def reason(
@@ -244,11 +314,22 @@ class ReasoningRecommender(nn.Module):
     ) -> tuple[Tensor, list[str], list[bool]]:
         """Write the reasoning for each history and read the user state at ``<answer>``.
 
-        Returns ((B, D) float32 user states, reasoning texts, whether ``<answer>`` was forced).
+        Returns ((B, D) float32 user states, reasoning texts, whether ``<answer>`` was forced). Histories
+        longer than ``max_history`` keep their most recent items, with one ``HistoryTruncatedWarning``
+        per call. ``max_new_tokens`` (default: the config's) must be >= 1.
         """
+        if isinstance(histories, str | bytes) or len(histories) == 0:
+            raise ValueError(f"histories must be a non-empty list of histories, got {histories!r:.60}")
         times = list(target_times) if target_times is not None else [None] * len(histories)
-        prompts = [self.user_prompt(h, t, reasoning) for h, t in zip(histories, times, strict=True)]
-        ids = self.tokenizer(prompts, add_special_tokens=False).input_ids
+        if len(times) != len(histories):
+            raise ValueError(f"{len(times)} target_times for {len(histories)} histories")
+        budget = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
+        _positive_int("max_new_tokens", budget)
+        pairs = [self._prompt(h, t, reasoning) for h, t in zip(histories, times, strict=True)]
+        n_cut = sum(dropped > 0 for _, dropped in pairs)
+        if n_cut:
+            warn_truncated(n_cut, len(pairs), self.config.max_history, stacklevel=4)  # past no_grad
+        ids = self.tokenizer([text for text, _ in pairs], add_special_tokens=False).input_ids
         prompt_ids, prompt_mask = left_pad(ids, self.pad_id, device=self.device)
         if not reasoning:
             return self.user_states(prompt_ids, prompt_mask), [""] * len(ids), [False] * len(ids)
@@ -260,7 +341,7 @@ class ReasoningRecommender(nn.Module):
             answer_id=self.answer_id,
             pad_id=self.pad_id,
             eos_ids=[eos] if eos is not None else [],
-            max_new_tokens=max_new_tokens or self.config.max_new_tokens,
+            max_new_tokens=budget,
             do_sample=do_sample,
             temperature=temperature,
         )
@@ -293,32 +374,44 @@ class ReasoningRecommender(nn.Module):
     ) -> list[Recommendation]:
         """Greedy (default) reasoning for each history, then the top-``k`` items by ``score``.
 
-        ``histories``: lists of item ids, or of records with ``item_id`` and optional ``rating`` /
-        ``timestamp``. ``exclude_history`` leaves the history's items out of the ranking.
+        Args:
+            histories: lists of item ids, or of records with ``item_id`` and optional ``rating`` /
+                ``timestamp``. Ids are ``str``; ``int`` ids are converted (``50`` -> ``"50"``), other
+                types are a ``ValueError``; an id absent from the catalog is a ``KeyError``. An empty
+                history is a cold start; a repeated id is kept (one prompt line per entry); beyond
+                ``max_history`` the oldest entries are cut with a ``HistoryTruncatedWarning``.
+            k: K >= 1. Fewer items come back when fewer than K are left after exclusion.
+            exclude_history: leave the history's items (all of them, also those cut) out of the ranking.
+
+        A reasoning that never writes ``<answer>`` is cut at ``max_new_tokens`` with ``<answer>`` forced:
+        the items still come back, with ``forced_answer=True``. The item table is checked (built, not
+        empty, of dim D) before any generation; NaN or inf states or scores raise ``ValueError``.
         """
+        _positive_int("k", k)
         if not histories:
             return []
+        self.item_table()
         states, texts, forced = self.reason(
             histories, target_times, reasoning, max_new_tokens, do_sample=do_sample, temperature=temperature
         )
-        scores = self.score(states)  # (B, N)
-        columns = {iid: j for j, iid in enumerate(self.item_ids)}
-        if exclude_history:
-            for b, h in enumerate(histories):
-                cols = [columns[str(r["item_id"])] for r in _records(h) if str(r["item_id"]) in columns]
-                scores[b, cols] = float("-inf")
-        kk = min(k, scores.shape[1])
-        top = scores.topk(kk, dim=1)
+        scores = self.score(states)  # (B, N), all finite
         all_ids = self.item_ids
-        return [
-            Recommendation(
-                item_ids=[all_ids[j] for j in top.indices[b].tolist()],
-                scores=top.values[b].tolist(),
+        if exclude_history:
+            columns = {iid: j for j, iid in enumerate(all_ids)}
+            for b, h in enumerate(histories):
+                cols = [columns[r["item_id"]] for r in history_records(h) if r["item_id"] in columns]
+                scores[b, cols] = float("-inf")
+        top = scores.topk(min(k, scores.shape[1]), dim=1)
+        out = []
+        for b in range(len(histories)):
+            keep = top.values[b] > float("-inf")  # excluded items are -inf; every real score is finite
+            out.append(Recommendation(
+                item_ids=[all_ids[j] for j in top.indices[b][keep].tolist()],
+                scores=top.values[b][keep].tolist(),
                 reasoning=texts[b],
                 forced_answer=bool(forced[b]),
-            )
-            for b in range(len(histories))
-        ]
+            ))  # fmt: skip
+        return out
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path) -> None:
@@ -383,10 +476,26 @@ class ReasoningRecommender(nn.Module):
         kw.update(overrides)
         model = cls(lm.to(device or "cpu"), tok, catalog, base_model=cfg.base_model, **kw)
         if (path / "item_index").exists():
-            model.rec_head = ItemIndex.load(
-                path / "item_index", expected_fingerprint=backbone.weights_fingerprint(model.lm)
-            )
+            fingerprint = backbone.weights_fingerprint(model.lm)
+            try:
+                model.rec_head = ItemIndex.load(path / "item_index", fingerprint, model.hidden_size)
+            except ItemIndexError as err:
+                raise ItemIndexError(
+                    f"{err} (saved: the model that built the item table; expected: the weights loaded from "
+                    f"{path}). Rebuild the table with build_item_table() and save again."
+                ) from err
         return model.eval()
+
+
+def _check_finite(x: Tensor, what: str, labels: list | None = None) -> None:
+    """ValueError naming the rows (or their ``labels``) of a 2-D ``x`` that hold NaN or inf."""
+    bad = (~torch.isfinite(x).all(dim=1)).nonzero().flatten().tolist()
+    if bad:
+        named = [labels[i] for i in bad] if labels is not None else bad
+        kind = "items" if labels is not None else "rows"
+        raise ValueError(
+            f"{what} contain NaN or inf at {kind} {named[:10]} ({len(bad)} in all): refusing to rank"
+        )
 
 
 def _tuple_fields(style: dict) -> dict:

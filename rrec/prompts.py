@@ -12,12 +12,27 @@ the target (when timestamps exist), title with attributes, and the rating (when 
 ``reasoning=False`` the assistant turn is ``<answer>`` directly (the "w/o reasoning" mode of R²ec).
 Item prompt: a short system instruction, the item's title and attributes (a description truncated to a
 word budget), then ``<answer>``.
+
+Input rules (``docs/bad_inputs.md`` lists every case with its test):
+
+* item ids are ``str``; an ``int`` (Python or numpy) is accepted and converted with ``str`` (``50`` ->
+  ``"50"``); any other type (``50.0``, ``None``, ``True``) is a ``ValueError`` (:func:`item_id_of`);
+* item text is cleaned by :func:`text_of`: ``None``/NaN/``pd.NA`` count as missing, ``bytes`` are decoded
+  as UTF-8, and invalid bytes (or the lone surrogates ``surrogateescape`` leaves in a ``str``) become
+  U+FFFD; an item with no title is written "Untitled item";
+* an empty history is allowed (cold start): the prompt says "(no items yet)";
+* a repeated id in a history is kept (a re-watch is an event): one line per entry.
 """
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
 
 ANSWER_TOKEN = "<answer>"
 
@@ -26,6 +41,21 @@ DEFAULT_SYSTEM = (
     "then write <answer> to recommend the next item."
 )
 ITEM_SYSTEM = "Summarise this item for a recommender."
+_SURROGATE = re.compile("[\ud800-\udfff]")  # lone surrogates: undecodable bytes under surrogateescape
+
+
+class HistoryTruncatedWarning(UserWarning):
+    """A history was longer than ``max_history``: only its most recent items were shown to the model."""
+
+
+def warn_truncated(n_cut: int, n: int, max_history: int, stacklevel: int = 3) -> None:
+    """One ``HistoryTruncatedWarning`` for ``n_cut`` of ``n`` histories cut to ``max_history``.
+
+    ``stacklevel`` counts from here: 3 names the caller of the function that calls this one.
+    """
+    h = max_history
+    msg = f"{n_cut} of {n} histories exceed max_history={h}: only their {h} most recent items are shown"
+    warnings.warn(msg, HistoryTruncatedWarning, stacklevel=stacklevel)
 
 
 @dataclass(frozen=True)
@@ -71,21 +101,75 @@ def resize_for_answer_token(model, new_id: int, piece_ids: Sequence[int]) -> Non
             w[new_id] = w[list(piece_ids)].mean(0)
 
 
+def item_id_of(value) -> str:
+    """An item id as the catalog's ``str``: a ``str`` as is, an ``int`` (not ``bool``) through ``str``.
+
+    Raises:
+        ValueError: any other type, e.g. the float ``50.0`` an id column becomes when it holds a NaN.
+    """
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_):
+        return str(int(value))
+    raise ValueError(f"item ids must be str or int, got {type(value).__name__} {value!r}")
+
+
+def text_of(value) -> str:
+    r"""Item text as a stripped ``str``; ``""`` when missing (``None``, NaN, ``pd.NA``).
+
+    ``bytes`` are decoded as UTF-8; invalid bytes, and the lone surrogates that ``surrogateescape``
+    leaves in a ``str`` (tokenizers refuse them), become U+FFFD.
+
+    Example:
+        >>> text_of(b"caf\xc3\xa9 \xff"), text_of(float("nan")), text_of(1995)
+        ('café �', '', '1995')
+    """
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+        return ""
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value).decode("utf-8", errors="replace")
+    return _SURROGATE.sub("\ufffd", str(value)).strip()
+
+
+def title_of(item: Mapping) -> str:
+    """The item's title, or "Untitled item" when it has none (missing, NaN or blank)."""
+    return text_of(item.get("title")) or "Untitled item"
+
+
+def history_records(history: Sequence) -> list[dict]:
+    """A history as records with ``str`` ids: a bare id ``x`` becomes ``{"item_id": item_id_of(x)}``.
+
+    Args:
+        history: item ids, or records with ``item_id`` and optional ``rating`` / ``timestamp``
+            (a list, tuple, numpy array or Series; not a bare ``str``).
+
+    Raises:
+        ValueError: ``history`` is a ``str`` or not list-like, a record has no ``item_id``, or an id is
+            neither ``str`` nor ``int``.
+    """
+    listlike = isinstance(history, Sequence | np.ndarray | pd.Series)
+    if not listlike or isinstance(history, str | bytes):
+        got = f"{type(history).__name__} {history!r:.60}"
+        raise ValueError(f"a history must be a list of item ids or records, got {got}")
+    out = []
+    for h in history:
+        if isinstance(h, Mapping):
+            if "item_id" not in h:
+                raise ValueError(f"history record without 'item_id': {h!r}")
+            out.append({**h, "item_id": item_id_of(h["item_id"])})
+        else:
+            out.append({"item_id": item_id_of(h)})
+    return out
+
+
 def _attr_text(item: Mapping, style: PromptStyle) -> str:
-    parts = []
-    for field in style.item_fields:
-        value = item.get(field)
-        if value is None or (isinstance(value, float) and value != value):
-            continue
-        text = str(value).strip()
-        if text:
-            parts.append(text)
-    return "; ".join(parts)
+    parts = [text_of(item.get(field)) for field in style.item_fields]
+    return "; ".join(p for p in parts if p)
 
 
 def item_line(item: Mapping, style: PromptStyle = PromptStyle()) -> str:
     """``Title (attr; attr)`` for one item."""
-    title = str(item.get("title") or "").strip() or "Untitled item"
+    title = title_of(item)
     attrs = _attr_text(item, style)
     return f"{title} ({attrs})" if attrs else title
 
@@ -112,8 +196,13 @@ def user_content(
     target_time: float | None = None,
     style: PromptStyle = PromptStyle(),
 ) -> str:
-    """The user turn: one line per history entry (``item_id`` and optional ``rating``/``timestamp``)."""
+    """The user turn: one line per history entry (``item_id`` and optional ``rating``/``timestamp``).
+
+    An empty history (cold start) gives the line "(no items yet)".
+    """
     lines = ["Viewing history, oldest first:"]
+    if not history:
+        lines.append("(no items yet)")
     for entry in history:
         item = catalog[str(entry["item_id"])]
         ts, rating = entry.get("timestamp"), entry.get("rating")
@@ -145,15 +234,41 @@ def render_user_prompt(
     return text if reasoning else text + ANSWER_TOKEN
 
 
+def history_prompt(
+    tokenizer,
+    history: Sequence,
+    catalog: Mapping[str, Mapping],
+    max_history: int,
+    target_time: float | None = None,
+    reasoning: bool = True,
+    style: PromptStyle = PromptStyle(),
+) -> tuple[str, int]:
+    """``render_user_prompt`` for a raw history: checked, every id looked up, cut to ``max_history``.
+
+    Returns:
+        (the prompt of the last ``max_history`` entries, how many older entries were cut).
+
+    Raises:
+        ValueError: a malformed history (see :func:`history_records`).
+        KeyError: ids absent from ``catalog`` (anywhere in the history, also among the cut entries).
+    """
+    recs = history_records(history)
+    unknown = list(dict.fromkeys(r["item_id"] for r in recs if r["item_id"] not in catalog))
+    if unknown:
+        raise KeyError(f"{len(unknown)} history items not in the catalog: {unknown[:10]}")
+    cut = max(len(recs) - max_history, 0)
+    return render_user_prompt(tokenizer, recs[cut:], catalog, target_time, reasoning, style), cut
+
+
 def item_content(item: Mapping, style: PromptStyle = PromptStyle()) -> str:
     """The item turn: title, attributes, and a description cut to ``style.description_words`` words."""
-    lines = [f"Title: {str(item.get('title') or '').strip() or 'Untitled item'}"]
+    lines = [f"Title: {title_of(item)}"]
     for field in style.item_fields:
-        value = item.get(field)
-        if value is not None and not (isinstance(value, float) and value != value) and str(value).strip():
-            lines.append(f"{field.capitalize()}: {str(value).strip()}")
-    desc = item.get("description")
-    if isinstance(desc, str) and desc.strip():
+        value = text_of(item.get(field))
+        if value:
+            lines.append(f"{field.capitalize()}: {value}")
+    desc = text_of(item.get("description"))
+    if desc:
         words = desc.split()
         cut = " ".join(words[: style.description_words])
         lines.append(f"Description: {cut}{' ...' if len(words) > style.description_words else ''}")

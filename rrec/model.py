@@ -20,7 +20,6 @@ is left returns fewer items. Every case has a test, listed in ``docs/bad_inputs.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,9 +28,10 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from item_index import ItemIndex, ItemIndexError
+from item_index import ItemIndex
 from rrec import backbone
 from rrec.items import catalog_records, check_update, encode_token_lists, tokenize_prompts
+from rrec.persistence import CONFIG_NAME  # noqa: F401  (re-exported)
 from rrec.prompts import (
     PromptStyle,
     add_answer_token,
@@ -41,8 +41,6 @@ from rrec.prompts import (
     warn_truncated,
 )
 from rrec.rollout import generate_reasoning, left_pad
-
-CONFIG_NAME = "rrec_config.json"
 
 
 @dataclass
@@ -415,21 +413,13 @@ class ReasoningRecommender(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path) -> None:
-        """Weights (or the LoRA adapter plus the base reference), tokenizer, catalog, item table, config."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        self.config.has_adapter = backbone.is_peft(self.lm)
-        if self.config.has_adapter:
-            # the <answer> row is re-initialised identically on load (frozen under LoRA): no embedding copy
-            self.lm.save_pretrained(d / "adapter", save_embedding_layers=False)
-        else:
-            self.lm.save_pretrained(d / "model")
-        self.tokenizer.save_pretrained(d / "tokenizer")
-        if self.catalog:
-            pd.DataFrame(list(self.catalog.values())).to_parquet(d / "items.parquet")
-        if self.rec_head is not None:
-            self.rec_head.save(d / "item_index", fingerprint=backbone.weights_fingerprint(self.lm))
-        (d / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2))
+        """Weights (or the LoRA adapter plus the base reference), tokenizer, catalog, item table, config.
+
+        Written to a temporary folder beside ``directory`` and renamed into place (see
+        ``rrec.persistence``)."""
+        from rrec.persistence import save_model
+
+        save_model(self, directory)
 
     @classmethod
     def from_pretrained(
@@ -442,49 +432,9 @@ class ReasoningRecommender(nn.Module):
         **overrides,
     ) -> ReasoningRecommender:
         """Load a folder written by ``save_pretrained``, or wrap a plain HF model folder."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from rrec.persistence import load_model
 
-        path = Path(path)
-        if not (path / CONFIG_NAME).exists():
-            if not (path / "config.json").exists():
-                raise FileNotFoundError(
-                    f"{path}: neither an rrec folder ({CONFIG_NAME}) nor a HF model folder"
-                )
-            lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
-            tok = AutoTokenizer.from_pretrained(path)
-            model = cls(lm.to(device or "cpu"), tok, catalog, base_model=str(path), **overrides)
-            return model.eval()
-        cfg = RecConfig(**json.loads((path / CONFIG_NAME).read_text()))
-        tok = AutoTokenizer.from_pretrained(path / "tokenizer")
-        if cfg.has_adapter:
-            from peft import PeftModel
-
-            lm = AutoModelForCausalLM.from_pretrained(cfg.base_model, dtype=dtype or torch.float32)
-            add_answer_token(AutoTokenizer.from_pretrained(cfg.base_model), lm)  # same rows as at training
-            lm = PeftModel.from_pretrained(lm, path / "adapter")
-        else:
-            lm = AutoModelForCausalLM.from_pretrained(path / "model", dtype=dtype or torch.float32)
-        if catalog is None and (path / "items.parquet").exists():
-            catalog = pd.read_parquet(path / "items.parquet")
-        kw = dict(
-            similarity=cfg.similarity,
-            temperature=cfg.temperature,
-            max_new_tokens=cfg.max_new_tokens,
-            max_history=cfg.max_history,
-            style=PromptStyle(**{**cfg.style, **_tuple_fields(cfg.style)}),
-        )
-        kw.update(overrides)
-        model = cls(lm.to(device or "cpu"), tok, catalog, base_model=cfg.base_model, **kw)
-        if (path / "item_index").exists():
-            fingerprint = backbone.weights_fingerprint(model.lm)
-            try:
-                model.rec_head = ItemIndex.load(path / "item_index", fingerprint, model.hidden_size)
-            except ItemIndexError as err:
-                raise ItemIndexError(
-                    f"{err} (saved: the model that built the item table; expected: the weights loaded from "
-                    f"{path}). Rebuild the table with build_item_table() and save again."
-                ) from err
-        return model.eval()
+        return load_model(cls, path, dtype=dtype, device=device, catalog=catalog, **overrides)
 
 
 def _check_finite(x: Tensor, what: str, labels: list | None = None) -> None:
@@ -496,7 +446,3 @@ def _check_finite(x: Tensor, what: str, labels: list | None = None) -> None:
         raise ValueError(
             f"{what} contain NaN or inf at {kind} {named[:10]} ({len(bad)} in all): refusing to rank"
         )
-
-
-def _tuple_fields(style: dict) -> dict:
-    return {k: tuple(v) for k, v in style.items() if isinstance(v, list)}

@@ -1,6 +1,12 @@
 """The R²ec "w/o reasoning" baseline: user prompt followed directly by ``<answer>``, in-batch contrastive.
 
-Launch: ``rrec train-contrastive recipes/configs/contrastive_smollm2_ml100k.yaml [key=value ...]``.
+Launch: ``rrec train-contrastive recipes/configs/contrastive_smollm2_ml100k.yaml [key=value ...]``, or on
+several processes ``accelerate launch --config_file recipes/configs/accelerate_ddp.yaml -m
+recipes.train_contrastive <config> [key=value ...]`` (DeepSpeed ZeRO-2: ``accelerate_deepspeed_zero2.yaml``,
+valid but untested here). Each of W processes takes B/W users; the target item states are gathered with
+gradient (``rrec.distributed.gather_rows_with_grad``), so every user still sees all B targets, and the mean
+of the W local losses is the one-process loss; gradients are averaged explicitly, as in ``train_recpo``.
+Files are written by process 0 only.
 
 Per step: B samples -> user states at ``<answer>`` (no reasoning) and the item states of their targets,
 both with gradient -> cross-entropy of ``cos(user, item) / temperature`` over the batch's targets (other
@@ -20,8 +26,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from recipes.train_recpo import run_eval, setup
-from rrec import training
+from recipes.train_recpo import kept_log, prepare, resume_path, run_eval, setup
+from rrec import checkpoint, distributed, training
 from rrec.config import load_config, to_dict
 
 
@@ -52,81 +58,136 @@ class ContrastiveConfig:
     eval_samples_per_user: int | None = 1
     eval_max_new_tokens: int = 128  # unused without reasoning; kept for the shared evaluator
     eval_batch_size: int = 16
+    save_every: int = 0  # 0: no resumable checkpoints (one is still written on SIGTERM)
+    keep_checkpoints: int = 0  # 0 keeps all
+    resume_from: str = ""  # a checkpoint folder, or "latest" (the newest in out_dir; none: a fresh start)
     log_every: int = 1
 
 
 def in_batch_contrastive(
-    users: torch.Tensor, items: torch.Tensor, targets: list[str], tau: float
+    users: torch.Tensor, items: torch.Tensor, targets: list[str], tau: float, offset: int = 0
 ) -> torch.Tensor:
     """Cross-entropy of each user over the batch's target items; duplicate targets are not negatives.
 
     Args:
-        users: (B, D) user states; items: (B, D) their targets' item states; targets: B item ids.
+        users: (b, D) user states of batch rows ``offset .. offset + b - 1`` (b = B on one process).
+        items: (B, D) the targets' item states of the whole batch; targets: the B item ids.
+
+    Returns:
+        the mean over the b users (the mean over processes of these is the mean over the batch).
     """
-    logits = F.normalize(users.float(), dim=-1) @ F.normalize(items.float(), dim=-1).T / tau  # (B, B)
-    same = torch.tensor([[a == b for b in targets] for a in targets], device=logits.device)  # (B, B)
-    eye = torch.eye(len(targets), dtype=torch.bool, device=logits.device)
-    logits = logits.masked_fill(same & ~eye, float("-inf"))
-    return F.cross_entropy(logits, torch.arange(len(targets), device=logits.device))
+    b = users.shape[0]
+    logits = F.normalize(users.float(), dim=-1) @ F.normalize(items.float(), dim=-1).T / tau  # (b, B)
+    mine = targets[offset : offset + b]
+    same = torch.tensor([[a == t for t in targets] for a in mine], device=logits.device)  # (b, B)
+    own = torch.arange(offset, offset + b, device=logits.device)  # (b,) each user's column
+    is_own = torch.zeros_like(same)
+    is_own[torch.arange(b, device=logits.device), own] = True
+    logits = logits.masked_fill(same & ~is_own, float("-inf"))
+    return F.cross_entropy(logits, own)
 
 
 def main(argv: list[str] | None = None) -> dict:
     from accelerate import Accelerator
+    from accelerate.utils import DistributedType
     from transformers import get_constant_schedule_with_warmup
 
     argv = sys.argv[1:] if argv is None else argv
     path = argv[0] if argv and "=" not in argv[0] else None
     cfg = load_config(ContrastiveConfig, path, [a for a in argv if a is not path])
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     acc = Accelerator()
-    model, data, eval_df = setup(cfg)
+    rank, world = distributed.rank_and_world()
+    deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
+    if deepspeed and (cfg.save_every or cfg.resume_from):
+        raise ValueError(
+            "checkpoints are not implemented under DeepSpeed (ZeRO-2 shards the optimiser state)"
+        )
+    mine = distributed.batch_slice(cfg.users_per_step, rank, world)
+    out = Path(cfg.out_dir)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.atomic_write_json(out / "config.json", to_dict(cfg))
+    model, data, eval_df = setup(cfg, acc.device)
     params = training.trainable_parameters(model.lm)
+    distributed.broadcast_parameters(params)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_constant_schedule_with_warmup(opt, cfg.warmup_steps)
-    model.lm, opt, sched = acc.prepare(model.lm, opt, sched)
+    resume = resume_path(cfg.resume_from, out)
+    start, state = 0, None
+    if resume is not None:
+        state = checkpoint.load_checkpoint(resume, model=model, optimizer=opt, scheduler=sched, rank=rank,
+                                           world=world)  # fmt: skip
+        start = state.step
+        acc.print(f"resumed from {resume} at step {start}")
+    opt = prepare(acc, model, opt, cfg.users_per_step // world, cfg.max_grad_norm)
     t0 = time.time()
-    before, _ = run_eval(model, eval_df, cfg, reasoning=False)
+    if state is None:
+        before, _ = run_eval(model, eval_df, cfg, reasoning=False)
+    else:
+        before = state.extra["before"]
+        checkpoint.set_rng_state(state.rng)
     acc.print(f"eval before: ndcg@10={before['ndcg@10']:.4f} hit@10={before['hit@10']:.4f}")
-    batches = training.sample_batches(data.splits["train"], cfg.users_per_step, cfg.seed)
+    batches = training.sample_batches(data.splits["train"], cfg.users_per_step, cfg.seed, start=start)
+    log_lines = kept_log(out / "metrics.jsonl", start) if start else []
     history = []
-    with open(out / "metrics.jsonl", "w") as log_f:
-        for step in range(cfg.steps):
+    with checkpoint.sigterm_flag() as sigterm:
+        for step in range(start, cfg.steps):
             t_step = time.time()
-            rows = next(batches)
-            targets = rows["target"].astype(str).tolist()
+            batch = next(batches)  # the global batch, the same on every process
+            targets = batch["target"].astype(str).tolist()
             model.lm.train()
-            ids, mask = training.prompt_batch(model, rows, reasoning=False)
-            users = model.user_states(ids, mask)  # (B, D), with graph
-            items = training.encode_targets(model, targets, grad=True)  # (B, D)
-            loss = in_batch_contrastive(users, items, targets, model.config.temperature)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"step {step}: non-finite loss {loss.item()}")
+            ids, mask = training.prompt_batch(model, batch.iloc[mine].reset_index(drop=True), reasoning=False)
+            users = model.user_states(ids, mask)  # (B/W, D), with graph
+            local_items = training.encode_targets(model, targets[mine], grad=True)  # (B/W, D)
+            items = distributed.gather_rows_with_grad(local_items)  # (B, D): all targets are negatives
+            loss = in_batch_contrastive(users, items, targets, model.config.temperature, offset=mine.start)
+            if distributed.any_process(not bool(torch.isfinite(loss)), model.device):
+                raise FloatingPointError(f"step {step}: non-finite loss on some process")
             acc.backward(loss)
+            if not deepspeed:
+                distributed.average_gradients(params)
             grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            rec = {"step": step + 1, "train/loss": loss.item(), "train/grad_norm": float(grad_norm),
+            global_loss = distributed.sum_over_processes(loss.detach()).item() / world
+            rec = {"step": step + 1, "train/loss": global_loss,
+                   "train/grad_norm": float("nan") if grad_norm is None else float(grad_norm),
                    "train/lr": sched.get_last_lr()[0], "train/step_s": time.time() - t_step}  # fmt: skip
             history.append(rec)
-            if (step + 1) % cfg.log_every == 0:
-                log_f.write(json.dumps(rec) + "\n")
+            if acc.is_main_process and (step + 1) % cfg.log_every == 0:
+                log_lines.append(json.dumps(rec) + "\n")
+                checkpoint.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
                 acc.print(f"step {step + 1}/{cfg.steps} loss {rec['train/loss']:.4f}")
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
                 mid, _ = run_eval(model, eval_df, cfg, reasoning=False)
-                log_f.write(json.dumps({"step": step + 1, "eval/ndcg@10": mid["ndcg@10"]}) + "\n")
+                if acc.is_main_process:
+                    log_lines.append(json.dumps({"step": step + 1, "eval/ndcg@10": mid["ndcg@10"]}) + "\n")
+                    checkpoint.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
+            stop = distributed.any_process(sigterm(), model.device)
+            if stop and deepspeed:
+                acc.print(f"SIGTERM: stopping after step {step + 1} (no checkpoint under DeepSpeed)")
+                return {"stopped_at": step + 1, "history": history}
+            if stop or (cfg.save_every and (step + 1) % cfg.save_every == 0):
+                where = checkpoint.save_from_every_process(
+                    out, step + 1, model=model, optimizer=opt, scheduler=sched, extra={"before": before},
+                    keep=cfg.keep_checkpoints,
+                )  # fmt: skip
+                if stop:
+                    acc.print(
+                        f"SIGTERM: saved {where} after step {step + 1}; resume with resume_from={where}"
+                    )
+                    return {"stopped_at": step + 1, "checkpoint": str(where), "history": history}
     after, after_rows = run_eval(model, eval_df, cfg, reasoning=False)
     acc.print(f"eval after: ndcg@10={after['ndcg@10']:.4f} hit@10={after['hit@10']:.4f}")
-    result = {"before": before, "after": after, "steps": cfg.steps, "wall_s": time.time() - t0,
-              "config": to_dict(cfg)}  # fmt: skip
+    result = {"before": before, "after": after, "steps": cfg.steps, "resumed_from": start or None,
+              "wall_s": time.time() - t0, "config": to_dict(cfg)}  # fmt: skip
     if acc.is_main_process:
-        model.lm = acc.unwrap_model(model.lm)
-        model.save_pretrained(out / "final")
-        (out / "result.json").write_text(json.dumps(result, indent=2))
-        with open(out / "per_user_after.jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in after_rows)
+        with checkpoint.atomic_folder(out / "final") as tmp:
+            model.save_pretrained(tmp)
+        checkpoint.atomic_write_json(out / "result.json", result)
+        rows_text = "".join(json.dumps(r) + "\n" for r in after_rows)
+        checkpoint.atomic_write_text(out / "per_user_after.jsonl", rows_text)
     result["history"] = history
     return result
 

@@ -1,8 +1,25 @@
 """RecPO training: rollout -> fused reward -> group advantages -> num_iterations x (loss, step).
 
-Launch: ``rrec train-recpo recipes/configs/recpo_smollm2_ml100k.yaml [key=value ...]`` or
-``accelerate launch -m recipes.train_recpo <config>`` (single process is the default; the loop is written
-on ``accelerate.Accelerator`` so that the same script later runs multi-process).
+Launch: ``rrec train-recpo recipes/configs/recpo_smollm2_ml100k.yaml [key=value ...]`` (one process), or
+several processes: ``accelerate launch --config_file recipes/configs/accelerate_ddp.yaml -m
+recipes.train_recpo <config> [key=value ...]`` (see the config's first lines; DeepSpeed ZeRO-2:
+``accelerate_deepspeed_zero2.yaml``, valid but untested here: no GPU and no deepspeed on the dev machine).
+
+Several processes (W): each takes ``users_per_step / W`` users of the global batch (a user's G samples stay
+together, so advantages stay local); the batch targets' item states are gathered (in-batch negatives of
+the item action, with gradient: ``rrec.distributed.gather_rows_with_grad``); the item table is encoded in
+shards and gathered; the token count of dapo/bnpo and the logged statistics are global
+(``training.loss_normalisation``); gradients are averaged over processes (DDP's rule) by
+``distributed.average_gradients``, explicitly, because the policy passes call the decoder directly
+(``final_hidden``, never the LM's forward), which a ``DistributedDataParallel`` wrapper would not see.
+Under DeepSpeed the engine reduces, clips and steps inside ``accelerator.backward``. Files are written
+by process 0 only. With ``row_seeds=true`` each sample draws from a seed of (seed, step, user, g), and
+W processes x B/W users reproduce one process x B users (tested: same loss and parameters to float32
+rounding).
+
+Checkpoints (``rrec.checkpoint``): every ``save_every`` steps and on SIGTERM (saved at the next step
+boundary, then the run returns with exit code 0); ``resume_from=<folder>`` or ``resume_from=latest``
+continues exactly: the next step's loss equals the uninterrupted run's (tested). Not under DeepSpeed.
 
 Per step, in the order of the paper's Algorithm 1:
   1. every ``refresh_every`` steps rebuild the whole item table; every step re-encode the batch's
@@ -32,7 +49,7 @@ from pathlib import Path
 
 import torch
 
-from rrec import recpo, training
+from rrec import checkpoint, distributed, recpo, training
 from rrec.config import load_config, to_dict
 from rrec.metrics import rank_of_target
 
@@ -82,13 +99,18 @@ class RecPOConfig:
     eval_samples_per_user: int | None = 1
     eval_max_new_tokens: int = 128
     eval_batch_size: int = 16
-    save_every: int = 0  # 0: only the final checkpoint
+    save_every: int = 0  # 0: no resumable checkpoints, only the final model (and one on SIGTERM)
+    keep_checkpoints: int = 0  # 0 keeps all; n: the newest n (older ones removed after a new one is complete)
+    resume_from: str = ""  # a checkpoint folder, or "latest" (the newest in out_dir; none: a fresh start)
+    row_seeds: bool = False  # one sampling seed per (step, user, g): independent of the process count
     log_every: int = 1
     tensorboard: bool = True
 
 
-def setup(cfg: RecPOConfig):
-    """Model (+LoRA), prepared data, evaluation subset: shared with the contrastive recipe."""
+def setup(cfg: RecPOConfig, device: torch.device | str | None = None):
+    """Model (+LoRA), prepared data, evaluation subset: shared with the contrastive recipe.
+
+    ``device`` is the accelerator's (one GPU per process) and applies when ``cfg.device`` is auto."""
     from rrec.assets import fetch, model_dir
     from rrec.backbone import apply_lora, parse_dtype
     from rrec.data import load_prepared
@@ -103,7 +125,10 @@ def setup(cfg: RecPOConfig):
 
         data = load_prepared(ensure_default())
     path = cfg.model or str(fetch(datasets=())["model"] if not model_dir().exists() else model_dir())
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    if cfg.device != "auto":
+        device = cfg.device
+    elif device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = parse_dtype(cfg.dtype, device)
     if dtype != torch.float32 and not cfg.lora:
         dtype = torch.float32  # full fine-tuning keeps float32 master weights (lr 1e-5 vanishes in bf16)
@@ -120,19 +145,67 @@ def setup(cfg: RecPOConfig):
 
 
 def run_eval(model, eval_df, cfg, reasoning: bool = True) -> tuple[dict, list[dict]]:
+    """Rebuild the item table, evaluate (each process a shard of the samples), gather on every process."""
     from rrec.evaluation import evaluate_samples, per_user_rows, summarize
 
     model.lm.eval()
-    model.build_item_table(batch_size=64)
-    res = evaluate_samples(
-        model, eval_df, reasoning=reasoning, batch_size=cfg.eval_batch_size,
-        max_new_tokens=cfg.eval_max_new_tokens, progress=True,
-    )  # fmt: skip
-    return summarize(res.ranks, res.user_ids), per_user_rows(res)
+    training.build_item_table(model, batch_size=64)
+    rank, world = distributed.rank_and_world()
+    lo, hi = distributed.shard_bounds(len(eval_df), rank, world)
+    rows = []
+    if hi > lo:
+        res = evaluate_samples(
+            model, eval_df.iloc[lo:hi].reset_index(drop=True), reasoning=reasoning,
+            batch_size=cfg.eval_batch_size, max_new_tokens=cfg.eval_max_new_tokens, progress=rank == 0,
+        )  # fmt: skip
+        rows = per_user_rows(res)
+    rows = [r for part in distributed.gather_objects(rows) for r in part]  # sample order
+    return summarize(torch.tensor([r["rank"] for r in rows]), [r["user_id"] for r in rows]), rows
+
+
+def prepare(acc, model, opt, per_process_batch: int, max_grad_norm: float):
+    """The optimiser through ``acc.prepare``; under DeepSpeed the model too (the engine owns the step).
+
+    The scheduler stays outside: accelerate would step it once per process per step.
+    """
+    from accelerate.utils import DistributedType
+
+    if acc.distributed_type != DistributedType.DEEPSPEED:
+        return acc.prepare(opt)
+    ds_config = acc.state.deepspeed_plugin.deepspeed_config
+    ds_config["train_micro_batch_size_per_gpu"] = per_process_batch  # bookkeeping: no DataLoader here
+    ds_config["gradient_clipping"] = max_grad_norm  # one source of truth: the recipe config
+    _engine, opt = acc.prepare(model.lm, opt)  # model.lm stays the module the engine wraps
+    return opt
+
+
+def resume_path(resume_from: str, out: Path) -> Path | None:
+    """The checkpoint to resume from: a folder, the newest in ``out`` for "latest", or None."""
+    if not resume_from:
+        return None
+    if resume_from == "latest":
+        found = checkpoint.list_checkpoints(out)
+        return found[-1] if found else None
+    return Path(resume_from)
+
+
+def kept_log(path: Path, last_step: int) -> list[str]:
+    """Lines of a metrics.jsonl up to ``last_step`` (a resumed run redoes the later ones)."""
+    if not path.exists():
+        return []
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= last_step:
+                lines.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    return lines
 
 
 def main(argv: list[str] | None = None) -> dict:
     from accelerate import Accelerator
+    from accelerate.utils import DistributedType
     from transformers import get_constant_schedule_with_warmup
 
     from rrec.rollout import generate_reasoning
@@ -140,156 +213,223 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     path = argv[0] if argv and "=" not in argv[0] else None
     cfg = load_config(RecPOConfig, path, [a for a in argv if a is not path])
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     acc = Accelerator()
-    model, data, eval_df = setup(cfg)
+    rank, world = distributed.rank_and_world()
+    deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
+    if deepspeed and (cfg.save_every or cfg.resume_from):
+        raise ValueError(
+            "checkpoints are not implemented under DeepSpeed (ZeRO-2 shards the optimiser state)"
+        )
     G, B = cfg.num_generations, cfg.users_per_step
+    mine = distributed.batch_slice(B, rank, world)  # this process's users in each global batch
+    mine_rows = slice(mine.start * G, mine.stop * G)  # and their B/W*G rollout rows
+    out = Path(cfg.out_dir)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.atomic_write_json(out / "config.json", to_dict(cfg))
+    model, data, eval_df = setup(cfg, acc.device)
     eps_high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
     params = training.trainable_parameters(model.lm)
+    distributed.broadcast_parameters(params)  # every process starts from process 0's weights
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_constant_schedule_with_warmup(opt, cfg.warmup_steps)
-    model.lm, opt, sched = acc.prepare(model.lm, opt, sched)
+    resume = resume_path(cfg.resume_from, out)
+    start, state = 0, None
+    if resume is not None:
+        state = checkpoint.load_checkpoint(resume, model=model, optimizer=opt, scheduler=sched, rank=rank,
+                                           world=world)  # fmt: skip
+        start = state.step
+        acc.print(f"resumed from {resume} at step {start}")
+    opt = prepare(acc, model, opt, B // world, cfg.max_grad_norm)
     writer = None
     if cfg.tensorboard and acc.is_main_process:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(out / "tb"))
-    log_f = open(out / "metrics.jsonl", "w") if acc.is_main_process else None  # noqa: SIM115
+        writer = SummaryWriter(str(out / "tb"), purge_step=start + 1 if start else None)
+    log_lines = kept_log(out / "metrics.jsonl", start) if start else []
 
     t0 = time.time()
-    before, before_rows = run_eval(model, eval_df, cfg)
-    acc.print(f"eval before: ndcg@10={before['ndcg@10']:.4f} hit@10={before['hit@10']:.4f}")
-    batches = training.sample_batches(data.splits["train"], B, cfg.seed)
-    gen = torch.Generator(device=model.device).manual_seed(cfg.seed)
-    history: list[dict] = []
-    for step in range(cfg.steps):
-        t_step = time.time()
-        rows = next(batches)
-        targets = rows["target"].astype(str).tolist()
-        model.lm.eval()
-        if step > 0 and cfg.refresh_every and step % cfg.refresh_every == 0:
-            model.build_item_table(batch_size=64)
-        with torch.no_grad():  # 1. refresh the batch targets before sampling and rewarding
-            target_states_old = training.encode_targets(model, targets, grad=False)  # (B, D)
-        training.refresh_targets(model, targets, target_states_old)
-        prompt_ids, prompt_mask = training.prompt_batch(model, rows)  # (B, P)
-        roll = generate_reasoning(  # 2. G reasonings per user, ids kept
-            model.lm, prompt_ids, prompt_mask, answer_id=model.answer_id, pad_id=model.pad_id,
-            eos_ids=[model.tokenizer.eos_token_id], max_new_tokens=cfg.max_completion_length,
-            num_generations=G, do_sample=True, temperature=cfg.temperature, top_k=cfg.top_k,
-            top_p=cfg.top_p, generator=gen,
-        )  # fmt: skip
-        with torch.no_grad():  # 3. reward against the full table, history masked
-            scores = model.score(roll.user_states)  # (B*G, N)
-            hist = training.history_mask(model, rows["history"].tolist(), scores.shape[1])
-            scores = scores.masked_fill(hist.repeat_interleave(G, 0), float("-inf"))
-            tcol = training.target_columns(model, targets).repeat_interleave(G)  # (B*G,)
-            rewards = recpo.fused_reward(
-                scores, tcol, beta=cfg.reward_beta, ndcg_k=cfg.ndcg_k, mode=cfg.reward_mode
+    if state is None:
+        before, before_rows = run_eval(model, eval_df, cfg)
+        if acc.is_main_process:
+            checkpoint.atomic_write_text(
+                out / "per_user_before.jsonl", "".join(json.dumps(r) + "\n" for r in before_rows)
             )
-            ranks = rank_of_target(scores, tcol)
-            adv = recpo.group_advantages(rewards, G, cfg.advantage)  # 4.
-            old_logps = old_item = ref_logps = None
-            if cfg.num_iterations > 1:
-                old_logps, old_states = training.policy_forward(
-                    model.lm, roll.prompt_ids, roll.prompt_mask, roll.completion_ids, roll.completion_mask,
-                    cfg.temperature,
-                )  # fmt: skip
-                old_item = recpo.in_batch_item_logps(
-                    old_states, target_states_old, G, model.config.temperature
+    else:
+        before = state.extra["before"]
+    acc.print(f"eval before: ndcg@10={before['ndcg@10']:.4f} hit@10={before['hit@10']:.4f}")
+    batches = training.sample_batches(data.splits["train"], B, cfg.seed, start=start)
+    gen = torch.Generator(device=model.device).manual_seed(cfg.seed + rank)
+    if state is not None:
+        checkpoint.set_rng_state(state.rng, gen)
+
+    history: list[dict] = []
+    with checkpoint.sigterm_flag() as sigterm:
+        for step in range(start, cfg.steps):
+            t_step = time.time()
+            batch = next(batches)  # the global batch, the same on every process
+            rows = batch.iloc[mine].reset_index(drop=True)
+            targets_all = batch["target"].astype(str).tolist()
+            targets = targets_all[mine]
+            model.lm.eval()
+            if step > 0 and cfg.refresh_every and step % cfg.refresh_every == 0:
+                training.build_item_table(model, batch_size=64)
+            with torch.no_grad():  # 1. refresh the batch targets before sampling and rewarding
+                target_states_old = distributed.gather_rows(
+                    training.encode_targets(model, targets, grad=False)
                 )
-            if cfg.beta_kl > 0:
-                with acc.unwrap_model(model.lm).disable_adapter():
-                    ref_logps, _ = training.policy_forward(
+            training.refresh_targets(model, targets_all, target_states_old)  # (B, D), every process
+            prompt_ids, prompt_mask = training.prompt_batch(model, rows)  # (B/W, P)
+            seeds = (
+                training.rollout_seeds(cfg.seed, step, range(mine.start, mine.stop), G)
+                if cfg.row_seeds
+                else None
+            )
+            roll = generate_reasoning(  # 2. G reasonings per user, ids kept
+                model.lm, prompt_ids, prompt_mask, answer_id=model.answer_id, pad_id=model.pad_id,
+                eos_ids=[model.tokenizer.eos_token_id], max_new_tokens=cfg.max_completion_length,
+                num_generations=G, do_sample=True, temperature=cfg.temperature, top_k=cfg.top_k,
+                top_p=cfg.top_p, generator=gen, row_seeds=seeds,
+            )  # fmt: skip
+            with torch.no_grad():  # 3. reward against the full table, history masked
+                scores = model.score(roll.user_states)  # (B/W*G, N)
+                hist = training.history_mask(model, rows["history"].tolist(), scores.shape[1])
+                scores = scores.masked_fill(hist.repeat_interleave(G, 0), float("-inf"))
+                tcol = training.target_columns(model, targets).repeat_interleave(G)  # (B/W*G,)
+                rewards = recpo.fused_reward(
+                    scores, tcol, beta=cfg.reward_beta, ndcg_k=cfg.ndcg_k, mode=cfg.reward_mode
+                )
+                ranks = rank_of_target(scores, tcol)
+                adv = recpo.group_advantages(rewards, G, cfg.advantage)  # 4. groups are local
+                old_logps = old_item = ref_logps = None
+                if cfg.num_iterations > 1:
+                    old_logps, old_states = training.policy_forward(
                         model.lm, roll.prompt_ids, roll.prompt_mask, roll.completion_ids,
                         roll.completion_mask, cfg.temperature,
                     )  # fmt: skip
-        model.lm.train()
-        for _ in range(cfg.num_iterations):  # 5. PPO epochs over this rollout batch
-            logps, states = training.policy_forward(
-                model.lm, roll.prompt_ids, roll.prompt_mask, roll.completion_ids, roll.completion_mask,
-                cfg.temperature,
-            )  # fmt: skip
-            tstates = (
-                training.encode_targets(model, targets, grad=True) if cfg.item_grad else target_states_old
-            )
-            item_lp = recpo.in_batch_item_logps(states, tstates, G, model.config.temperature)
-            loss, st = recpo.recpo_loss(
-                logps, logps.detach() if old_logps is None else old_logps, adv, roll.completion_mask,
-                item_lp, item_lp.detach() if old_item is None else old_item, group_size=G,
-                epsilon=cfg.epsilon, epsilon_high=eps_high, loss_type=cfg.loss_type,
-                max_completion_length=cfg.max_completion_length, beta_kl=cfg.beta_kl, ref_logps=ref_logps,
-                item_weight=cfg.item_weight,
-            )  # fmt: skip
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"step {step}: non-finite loss {loss.item()}")
-            acc.backward(loss)
-            grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-        n_tok = int(roll.completion_mask.sum())
-        dt = time.time() - t_step
-        zero_std = (rewards.view(-1, G).std(1) == 0).float().mean().item() if G > 1 else 1.0
-        rec = {
-            "step": step + 1,
-            "train/reward_mean": rewards.mean().item(),
-            "train/reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
-            "train/ndcg": recpo.fused_reward(scores, tcol, beta=0.0, ndcg_k=cfg.ndcg_k).mean().item(),
-            "train/rank_median": ranks.float().median().item(),
-            "train/zero_std_groups": zero_std,
-            "train/clip_fraction": st.clip_fraction.item(),
-            "train/ratio_mean": st.ratio_mean.item(),
-            "train/kl": st.kl.item(),
-            "train/item_loss_share": st.item_loss_share.item(),
-            "train/loss": loss.item(),
-            "train/policy_loss": st.policy_loss.item(),
-            "train/item_loss": st.item_loss.item(),
-            "train/reasoning_len": roll.completion_mask.sum(1).float().mean().item(),
-            "train/forced_answer": roll.forced.float().mean().item(),
-            "train/grad_norm": float(grad_norm),
-            "train/lr": sched.get_last_lr()[0],
-            "train/tokens_per_s": n_tok / dt,
-            "train/step_s": dt,
-        }
-        history.append(rec)
-        if log_f is not None and (step + 1) % cfg.log_every == 0:
-            log_f.write(json.dumps(rec) + "\n")
-            log_f.flush()
-            if writer is not None:
-                for k, v in rec.items():
-                    if k != "step" and math.isfinite(v):
-                        writer.add_scalar(k, v, step + 1)
-            acc.print(
-                f"step {step + 1}/{cfg.steps} reward {rec['train/reward_mean']:.4f} "
-                f"ndcg {rec['train/ndcg']:.4f} clip {rec['train/clip_fraction']:.3f} "
-                f"len {rec['train/reasoning_len']:.0f} {dt:.1f}s"
-            )
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
-            mid, _ = run_eval(model, eval_df, cfg)
-            mid_rec = {"step": step + 1, **{f"eval/{k}": v for k, v in mid.items() if isinstance(v, float)}}
-            if log_f is not None:
-                log_f.write(json.dumps(mid_rec) + "\n")
-        if cfg.save_every and (step + 1) % cfg.save_every == 0 and acc.is_main_process:
-            model.lm = acc.unwrap_model(model.lm)
-            model.save_pretrained(out / f"checkpoint-{step + 1}")
+                    old_item = recpo.in_batch_item_logps(
+                        distributed.gather_rows(old_states), target_states_old, G, model.config.temperature
+                    )[mine_rows]
+                if cfg.beta_kl > 0:
+                    with model.lm.disable_adapter():
+                        ref_logps, _ = training.policy_forward(
+                            model.lm, roll.prompt_ids, roll.prompt_mask, roll.completion_ids,
+                            roll.completion_mask, cfg.temperature,
+                        )  # fmt: skip
+            n_tok_local = roll.completion_mask.sum().float()
+            n_tok = float(distributed.sum_over_processes(n_tok_local))  # tokens of the global batch
+            loss_type, n_items = training.loss_normalisation(cfg.loss_type, n_tok, world)
+            model.lm.train()
+            for _ in range(cfg.num_iterations):  # 5. PPO epochs over this rollout batch
+                logps, states = training.policy_forward(
+                    model.lm, roll.prompt_ids, roll.prompt_mask, roll.completion_ids, roll.completion_mask,
+                    cfg.temperature,
+                )  # fmt: skip
+                tstates = target_states_old  # (B, D): every process's targets are negatives
+                if cfg.item_grad:
+                    tstates = distributed.gather_rows_with_grad(
+                        training.encode_targets(model, targets, grad=True)
+                    )
+                item_lp = recpo.in_batch_item_logps(
+                    distributed.gather_rows_with_grad(states), tstates, G, model.config.temperature
+                )[mine_rows]  # (B/W*G,): the softmax runs over all B targets
+                loss, st = recpo.recpo_loss(
+                    logps, logps.detach() if old_logps is None else old_logps, adv, roll.completion_mask,
+                    item_lp, item_lp.detach() if old_item is None else old_item, group_size=G,
+                    epsilon=cfg.epsilon, epsilon_high=eps_high, loss_type=loss_type,
+                    max_completion_length=cfg.max_completion_length, num_items_in_batch=n_items,
+                    beta_kl=cfg.beta_kl, ref_logps=ref_logps, item_weight=cfg.item_weight,
+                )  # fmt: skip
+                if distributed.any_process(not bool(torch.isfinite(loss)), model.device):
+                    raise FloatingPointError(f"step {step}: non-finite loss on some process")
+                acc.backward(loss)
+                if not deepspeed:
+                    distributed.average_gradients(params)
+                grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+            with torch.no_grad():  # global statistics: per-row values gathered, sums reduced
+                ndcg = recpo.fused_reward(scores, tcol, beta=0.0, ndcg_k=cfg.ndcg_k)
+                per_row = distributed.gather_rows(torch.stack([
+                    rewards, ndcg, ranks.float(), roll.completion_mask.sum(1).float(), roll.forced.float()
+                ], 1))  # fmt: skip  # (B*G, 5)
+                sums = distributed.sum_over_processes(torch.stack([
+                    loss.detach(), st.policy_loss, st.item_loss, st.item_loss_share,
+                    st.clip_fraction * n_tok_local, st.ratio_mean * n_tok_local, st.kl * n_tok_local,
+                ]).float())  # fmt: skip
+            r_all = per_row[:, 0]
+            dt = time.time() - t_step
+            zero_std = (r_all.view(-1, G).std(1) == 0).float().mean().item() if G > 1 else 1.0
+            rec = {
+                "step": step + 1,
+                "train/reward_mean": r_all.mean().item(),
+                "train/reward_std": r_all.std().item() if r_all.numel() > 1 else 0.0,
+                "train/ndcg": per_row[:, 1].mean().item(),
+                "train/rank_median": per_row[:, 2].median().item(),
+                "train/zero_std_groups": zero_std,
+                "train/clip_fraction": sums[4].item() / max(n_tok, 1.0),
+                "train/ratio_mean": sums[5].item() / max(n_tok, 1.0),
+                "train/kl": sums[6].item() / max(n_tok, 1.0),
+                "train/item_loss_share": sums[3].item() / world,  # mean over processes
+                "train/loss": sums[0].item() / world,  # = the one-process loss (loss_normalisation)
+                "train/policy_loss": sums[1].item() / world,
+                "train/item_loss": sums[2].item() / world,
+                "train/reasoning_len": per_row[:, 3].mean().item(),
+                "train/forced_answer": per_row[:, 4].mean().item(),
+                "train/grad_norm": float("nan") if grad_norm is None else float(grad_norm),
+                "train/lr": sched.get_last_lr()[0],
+                "train/tokens_per_s": n_tok / dt,
+                "train/step_s": dt,
+            }
+            history.append(rec)
+            if acc.is_main_process and (step + 1) % cfg.log_every == 0:
+                log_lines.append(json.dumps(rec) + "\n")
+                checkpoint.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
+                if writer is not None:
+                    for k, v in rec.items():
+                        if k != "step" and math.isfinite(v):
+                            writer.add_scalar(k, v, step + 1)
+                acc.print(
+                    f"step {step + 1}/{cfg.steps} reward {rec['train/reward_mean']:.4f} "
+                    f"ndcg {rec['train/ndcg']:.4f} clip {rec['train/clip_fraction']:.3f} "
+                    f"len {rec['train/reasoning_len']:.0f} {dt:.1f}s"
+                )
+            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+                mid, _ = run_eval(model, eval_df, cfg)
+                if acc.is_main_process:
+                    evals = {f"eval/{k}": v for k, v in mid.items() if isinstance(v, float)}
+                    log_lines.append(json.dumps({"step": step + 1, **evals}) + "\n")
+                    checkpoint.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
+            stop = distributed.any_process(sigterm(), model.device)
+            if stop and deepspeed:
+                acc.print(f"SIGTERM: stopping after step {step + 1} (no checkpoint under DeepSpeed)")
+                return {"stopped_at": step + 1, "history": history}
+            if stop or (cfg.save_every and (step + 1) % cfg.save_every == 0):
+                where = checkpoint.save_from_every_process(
+                    out, step + 1, model=model, optimizer=opt, scheduler=sched, generator=gen,
+                    extra={"before": before}, keep=cfg.keep_checkpoints,
+                )  # fmt: skip
+                if stop:
+                    if writer is not None:
+                        writer.close()
+                    acc.print(
+                        f"SIGTERM: saved {where} after step {step + 1}; resume with resume_from={where}"
+                    )
+                    return {"stopped_at": step + 1, "checkpoint": str(where), "history": history}
 
     train_s = time.time() - t0
     after, after_rows = run_eval(model, eval_df, cfg)
     acc.print(f"eval after: ndcg@10={after['ndcg@10']:.4f} hit@10={after['hit@10']:.4f}")
-    result = {"before": before, "after": after, "steps": cfg.steps, "wall_s": time.time() - t0,
-              "train_and_eval_s": train_s, "config": to_dict(cfg)}  # fmt: skip
+    result = {"before": before, "after": after, "steps": cfg.steps, "resumed_from": start or None,
+              "wall_s": time.time() - t0, "train_and_eval_s": train_s, "config": to_dict(cfg)}  # fmt: skip
     if acc.is_main_process:
-        model.lm = acc.unwrap_model(model.lm)
-        model.save_pretrained(out / "final")
-        (out / "result.json").write_text(json.dumps(result, indent=2))
-        for name, rows_ in (("per_user_before.jsonl", before_rows), ("per_user_after.jsonl", after_rows)):
-            with open(out / name, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in rows_)
-        if log_f is not None:
-            log_f.close()
+        with checkpoint.atomic_folder(out / "final") as tmp:
+            model.save_pretrained(tmp)
+        checkpoint.atomic_write_json(out / "result.json", result)
+        checkpoint.atomic_write_text(
+            out / "per_user_after.jsonl", "".join(json.dumps(r) + "\n" for r in after_rows)
+        )
         if writer is not None:
             writer.close()
     result["history"] = history

@@ -1,7 +1,9 @@
 """Building blocks the training recipes share: batches of samples, teacher-forced policy passes, item
-states for a batch's targets, history masks. The loops themselves live in ``recipes/``.
+states for a batch's targets, history masks, and the pieces that make W processes train like one
+(per-row sampling seeds, loss normalisation, the sharded item table). The loops live in ``recipes/``.
 
-Letters: B users, G samples per user, P prompt tokens, T completion tokens, N items, D hidden, V vocab.
+Letters: B users, G samples per user, P prompt tokens, T completion tokens, N items, D hidden, V vocab,
+W processes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from item_index import ItemIndex
+from rrec import distributed
 from rrec.backbone import final_hidden
 from rrec.evaluation import histories_of
 from rrec.items import encode_token_lists
@@ -113,6 +117,64 @@ def policy_forward(
     answer_pos = P + completion_mask.sum(1) - 1  # (B*G,)
     states = hidden[torch.arange(ids.shape[0], device=ids.device), answer_pos].float()
     return torch.cat(logps) * completion_mask, states
+
+
+def rollout_seeds(seed: int, step: int, users: Sequence[int], group_size: int) -> list[int]:
+    """One sampling seed per rollout row (user-major), from (seed, step, global user index, g) alone.
+
+    ``users`` are the rows' indices in the global batch, so a user draws the same reasoning whichever
+    process holds it (``generate_reasoning(..., row_seeds=...)``).
+    """
+    out = []
+    for u in users:
+        for g in range(group_size):
+            hi, lo = np.random.SeedSequence([seed, step, u, g]).generate_state(2)  # two uint32 words
+            out.append((int(hi) << 31) ^ int(lo))  # < 2**63
+    return out
+
+
+def loss_normalisation(loss_type: str, global_tokens: float, world: int) -> tuple[str, float | None]:
+    """``(loss_type, num_items_in_batch)`` to pass to ``recpo.recpo_loss`` on each of W processes, so that
+    the mean of the W losses (what gradient averaging optimises) is the loss of one process holding the
+    whole batch. Each process holds B/W users (equal slices):
+
+    * ``grpo`` (mean over rows of per-row token means) and ``dr_grpo`` (sum / (rows * L)): means over
+      rows, so the mean over processes of the local means is the global mean: unchanged.
+    * ``dapo`` (sum / tokens of the global batch): ``num_items_in_batch`` = global tokens / W, since
+      mean_r sum_r / (N / W) = sum / N (TRL divides by the process count the same way).
+    * ``bnpo`` (token mean of the batch): the recipes take one optimiser step per rollout batch without
+      accumulation, so the batch's token mean is dapo's sum / N; computed as dapo with the gathered
+      count (a per-process token mean would weight processes, not tokens, equally).
+
+    Example:
+        >>> loss_normalisation("bnpo", 30, 2)  # 30 tokens in the global batch, 2 processes
+        ('dapo', 15.0)
+    """
+    if loss_type in ("bnpo", "dapo"):
+        return "dapo", float(global_tokens) / world
+    return loss_type, None
+
+
+def build_item_table(model, batch_size: int = 64) -> None:
+    """Encode the whole catalog into a fresh flat ``model.rec_head``, each process a contiguous shard.
+
+    Process r encodes items ``shard_bounds(N, r, W)``; the shards are gathered in catalog order, so every
+    process ends with the same (N, D) table. One process: the same table as ``model.build_item_table``.
+    """
+    rank, world = distributed.rank_and_world()
+    ids = list(model.catalog)
+    if not ids:
+        raise ValueError("the catalog is empty: nothing to encode")
+    lo, hi = distributed.shard_bounds(len(ids), rank, world)
+    if hi > lo:
+        local = model.encode_items([model.catalog[i] for i in ids[lo:hi]], batch_size, progress=rank == 0)
+    else:  # more processes than items
+        local = torch.zeros(0, model.lm_head.weight.shape[1], device=model.device)
+    vecs = model._normalise(distributed.gather_rows(local))  # (N, D)
+    index = ItemIndex(vecs.shape[1], metric="ip")
+    index.add(ids, vecs.cpu().numpy())
+    model.rec_head = index
+    model.invalidate_table_cache()
 
 
 def trainable_parameters(lm: nn.Module) -> list[nn.Parameter]:

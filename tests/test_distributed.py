@@ -1,0 +1,221 @@
+"""Several processes train like one: the gather helpers on 2 gloo processes, the loss normalisation by
+hand, and a RecPO step launched on 2 CPU processes against the same step on 1.
+
+Tolerance of the recipe comparison: 1e-5 relative on the loss and logged statistics, 1e-5 of the
+gradient's scale on the averaged gradient, 1e-5 of the learning rate on the parameters (where Adam is
+well conditioned, see the test). Both runs do the same float32 arithmetic on the same sampled tokens
+(per-row seeds), but in batches of other shapes (B/2 vs B prompts, padded to other widths; catalog
+shards of 15 vs 30 items) and with sums over processes added in another order: float32 rounding
+(~6e-8 relative per operation) over a few hundred operations stays well below 1e-5.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from rrec import distributed, recpo, training
+
+REPO = Path(__file__).resolve().parents[1]
+DDP_CONFIG = REPO / "recipes" / "configs" / "accelerate_ddp.yaml"
+DS_CONFIG = REPO / "recipes" / "configs" / "accelerate_deepspeed_zero2.yaml"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _helpers_worker(rank: int, world: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        assert distributed.rank_and_world() == (rank, world)
+        # unequal shards: 5 rows as 3 + 2, gathered in rank order
+        lo, hi = distributed.shard_bounds(5, rank, world)
+        rows = torch.arange(5.0)[lo:hi, None] * torch.ones(1, 2)
+        assert distributed.gather_rows(rows)[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+        assert distributed.gather_objects(f"r{rank}") == ["r0", "r1"]
+        assert distributed.any_process(rank == 1) and not distributed.any_process(False)
+        # a shared weight maps features to user / item states; B = 4 users x G = 2, item action loss.
+        # One process: L = mean over the 8 rows of -log p(own target | all 4 targets).
+        # Two processes: each the mean over its 4 rows, negatives gathered with gradient, grads averaged.
+        torch.manual_seed(0)
+        w0 = torch.randn(3, 3, dtype=torch.float64)
+        xu, xt = torch.randn(8, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+        w = w0.clone().requires_grad_()
+        (-recpo.in_batch_item_logps(xu @ w, xt @ w, 2, 0.5).mean()).backward()
+        full_grad = w.grad.clone()
+        mine = distributed.batch_slice(4, rank, world)
+        w = torch.nn.Parameter(w0.clone())
+        users = distributed.gather_rows_with_grad(xu[mine.start * 2 : mine.stop * 2] @ w)  # (8, 3)
+        items = distributed.gather_rows_with_grad(xt[mine] @ w)  # (4, 3)
+        lp = recpo.in_batch_item_logps(users, items, 2, 0.5)[mine.start * 2 : mine.stop * 2]
+        (-lp.mean()).backward()
+        distributed.average_gradients([w])
+        # in_batch_item_logps computes in float32: gradients of size ~0.2 agree to float32 rounding
+        torch.testing.assert_close(w.grad, full_grad, rtol=0, atol=1e-6)
+        # without the backward sum (gradient kept for the local chunk only) the result would differ:
+        w_local = w0.clone().requires_grad_()
+        u_all = (xu @ w0).clone()
+        u_all[mine.start * 2 : mine.stop * 2] = xu[mine.start * 2 : mine.stop * 2] @ w_local
+        t_all = (xt @ w0).clone()
+        t_all[mine] = xt[mine] @ w_local
+        lp = recpo.in_batch_item_logps(u_all, t_all, 2, 0.5)[mine.start * 2 : mine.stop * 2]
+        (-lp.mean()).backward()
+        distributed.average_gradients([w_local])
+        assert (w_local.grad - full_grad).abs().max() > 1e-3
+        # the broadcast makes process 1 start from process 0's weights
+        p = torch.nn.Parameter(torch.full((2,), float(rank)))
+        distributed.broadcast_parameters([p])
+        assert p.tolist() == [0.0, 0.0]
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gather_helpers_on_two_processes():
+    torch.multiprocessing.spawn(_helpers_worker, args=(2, _free_port()), nprocs=2, join=True)
+
+
+def test_helpers_are_no_ops_on_one_process():
+    x = torch.randn(3, 2, requires_grad=True)
+    assert distributed.rank_and_world() == (0, 1)
+    assert distributed.gather_rows(x) is x and distributed.gather_rows_with_grad(x) is x
+    assert distributed.gather_objects(7) == [7] and distributed.any_process(True)
+    assert distributed.batch_slice(4, 0, 1) == slice(0, 4)
+    with pytest.raises(ValueError, match="does not split into 3"):
+        distributed.batch_slice(4, 0, 3)
+    assert [distributed.shard_bounds(1, r, 3) for r in range(3)] == [(0, 1), (1, 1), (1, 1)]
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+def test_loss_normalisation_two_halves_average_to_the_whole(loss_type):
+    # B = 4 users, G = 2, T = 3; the halves hold 2 users each with different token counts
+    # (rows 0-3: 3+1+2+3 = 9 tokens, rows 4-7: 1+1+2+1 = 5), so a per-half token mean would weight the
+    # 5 tokens of half 2 like the 9 of half 1: only the gathered count gives the whole batch's mean.
+    torch.manual_seed(1)
+    lens = torch.tensor([3, 1, 2, 3, 1, 1, 2, 1])
+    mask = (torch.arange(3)[None, :] < lens[:, None]).long()  # (8, 3)
+    logps, old = torch.randn(8, 3) * 0.1, torch.randn(8, 3) * 0.1
+    adv = torch.randn(8)
+    item, old_item = torch.randn(8) * 0.1, torch.randn(8) * 0.1
+    kw = dict(group_size=2, epsilon=0.2, max_completion_length=3)
+
+    def loss(rows, world):
+        lt, n = training.loss_normalisation(loss_type, float(mask.sum()), world)
+        out, _ = recpo.recpo_loss(logps[rows], old[rows], adv[rows], mask[rows], item[rows], old_item[rows],
+                                  loss_type=lt, num_items_in_batch=n, **kw)  # fmt: skip
+        return out
+
+    whole = loss(slice(0, 8), 1)
+    halves = (loss(slice(0, 4), 2) + loss(slice(4, 8), 2)) / 2
+    torch.testing.assert_close(halves, whole, rtol=1e-6, atol=1e-7)
+    # and one process is the plain recpo_loss with the type asked for
+    plain, _ = recpo.recpo_loss(logps, old, adv, mask, item, old_item, loss_type=loss_type, **kw)
+    torch.testing.assert_close(whole, plain, rtol=1e-6, atol=1e-7)
+
+
+def test_rollout_seeds_depend_on_the_user_not_the_process():
+    # users 2, 3 of step 5 get the same seeds whether a process holds users 0-3 or only 2-3
+    all4 = training.rollout_seeds(0, 5, range(4), 2)
+    assert training.rollout_seeds(0, 5, range(2, 4), 2) == all4[4:]
+    assert len(set(all4)) == 8 and all(0 <= s < 2**63 for s in all4)
+    assert training.rollout_seeds(0, 6, range(4), 2) != all4
+
+
+def _step_state(run: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flat parameters, flat Adam exp_avg) after step 1, from the run's checkpoint-1."""
+    params = torch.load(run / "checkpoint-1" / "trainable.pt")
+    opt = torch.load(run / "checkpoint-1" / "optimizer.pt")["state"]
+    flat = torch.cat([p.flatten() for p in params.values()])
+    exp_avg = torch.cat([opt[i]["exp_avg"].flatten() for i in range(len(params))])
+    return flat, exp_avg
+
+
+def test_recpo_step_on_two_processes_equals_one(tmp_path, tokenizer):
+    """One RecPO step (dapo: gathered token count; item action over gathered targets with gradient) on
+    2 gloo processes x 2 users vs 1 process x 4 users.
+
+    Advantages are RLOO here, not the default z-score: groups are local to a process either way, and the
+    z-score divides by the group's std, which for near-equal rewards (the tiny model's samples often
+    land on the same rank) turns float32 rounding of the scores into 1e-4 relative differences that say
+    nothing about the distribution. Parameters are compared where Adam is well conditioned: its first
+    update lr * g / (|g| + eps), eps = 1e-8, turns a rounding difference d in g into
+    lr * d * eps / (|g| + eps)^2, at most 1e2 lr * d for |g| >= 1e-5 (d <= 5e-8 here: 5e-6 lr), but
+    of order lr for gradients that are zero up to rounding (|g| < 1e-8), where the sign is noise.
+    """
+    from recipes import train_recpo
+    from tests.recipe_fixtures import tiny_model_dir, tiny_prepared
+
+    lr = 1e-2
+    args = {
+        "model": str(tiny_model_dir(tmp_path / "base", tokenizer)),
+        "prepared": str(tiny_prepared(tmp_path / "data")),
+        "steps": 1,
+        "save_every": 1,
+        "users_per_step": 4,
+        "num_generations": 2,
+        "max_completion_length": 6,
+        "row_seeds": True,
+        "loss_type": "dapo",
+        "advantage": "rloo",
+        "eval_users": 3,  # 2 + 1 samples: unequal evaluation shards
+        "eval_max_new_tokens": 3,
+        "warmup_steps": 0,
+        "lr": lr,
+        "dtype": "float32",
+        "tensorboard": False,
+    }
+    one = train_recpo.main([f"{k}={v}" for k, v in {**args, "out_dir": tmp_path / "one"}.items()])
+    env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "true",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_CONFIG),
+           "--main_process_port", str(_free_port()), "-m", "recipes.train_recpo",
+           *[f"{k}={v}" for k, v in {**args, "out_dir": tmp_path / "two"}.items()]]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    two_log = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert len(two_log) == 1  # process 0 alone wrote it
+    rec1, rec2 = one["history"][0], two_log[0]
+    assert rec2["train/reasoning_len"] == rec1["train/reasoning_len"]  # the same tokens were sampled
+    for key in ("train/loss", "train/item_loss", "train/reward_mean", "train/ndcg", "train/grad_norm"):
+        assert rec2[key] == pytest.approx(rec1[key], rel=1e-5), key
+    # RLOO advantages sum to 0 per group and the ratio is 1: the policy term is 0 up to rounding
+    assert abs(rec1["train/policy_loss"]) < 1e-7 and abs(rec2["train/policy_loss"]) < 1e-7
+    (p1, m1), (p2, m2) = _step_state(tmp_path / "one"), _step_state(tmp_path / "two")
+    grad_err = (m1 - m2).abs().max().item() / m1.abs().max().item()  # exp_avg = 0.1 g: the averaged gradient
+    assert grad_err < 1e-5, grad_err
+    well = (m1 / 0.1).abs() >= 1e-5  # |g| >= 1000 eps
+    assert well.float().mean() > 0.3  # LoRA A has g = 0 at step 1 (B = 0); B has g from 0 to 1e-2
+    param_err = (p1 - p2)[well].abs().max().item() / lr
+    print(f"1 vs 2 processes: gradient {grad_err:.1e} of its scale, parameters {param_err:.1e} lr")
+    assert param_err < 1e-5
+    r2 = json.loads((tmp_path / "two" / "result.json").read_text())
+    assert r2["after"]["n_samples"] == one["after"]["n_samples"] == 3
+    assert r2["after"]["ndcg@10"] == pytest.approx(one["after"]["ndcg@10"], abs=1e-6)
+
+
+@pytest.mark.parametrize("config", [DDP_CONFIG, DS_CONFIG], ids=["ddp", "deepspeed_zero2"])
+def test_accelerate_configs_parse(config):
+    # the launch configs load as accelerate's own config class (DeepSpeed itself cannot run here)
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    text = config.read_text()
+    assert text.startswith("# ") and "accelerate launch --config_file" in text.splitlines()[1]
+    cfg = load_config_from_file(str(config))
+    assert cfg.num_processes == 2 and cfg.main_process_ip == "127.0.0.1"
+    if config == DS_CONFIG:
+        assert cfg.distributed_type == "DEEPSPEED" and cfg.deepspeed_config["zero_stage"] == 2

@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         checkpoint.atomic_write_json(out / "config.json", to_dict(cfg))
-    model, data, eval_df = setup(cfg, acc.device)
+    with acc.main_process_first():  # process 0 fetches / prepares the default data first, once
+        model, data, eval_df = setup(cfg, acc.device)
     params = training.trainable_parameters(model.lm)
     distributed.broadcast_parameters(params)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

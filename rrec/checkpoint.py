@@ -57,15 +57,8 @@ class TrainerState(NamedTuple):
     extra: dict  # the recipe's extras, as saved
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's entries to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -89,7 +82,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    _fsync(path.parent)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -152,13 +145,18 @@ def atomic_folder(directory: str | Path) -> Iterator[Path]:
         yield tmp
         for f in tmp.rglob("*"):
             if f.is_file():
-                _fsync_file(f)
-        _fsync_dir(tmp)
+                _fsync(f)
+        _fsync(tmp)
         old = directory.parent / f".{directory.name}.old-{os.getpid()}"
-        if directory.exists():
+        if directory.exists():  # the one non-atomic moment: between these two renames
             os.rename(directory, old)
-        os.rename(tmp, directory)
-        _fsync_dir(directory.parent)
+        try:
+            os.rename(tmp, directory)
+        except BaseException:
+            if old.exists():
+                os.rename(old, directory)
+            raise
+        _fsync(directory.parent)
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename

@@ -132,6 +132,21 @@ def test_rollout_seeds_depend_on_the_user_not_the_process():
     assert training.rollout_seeds(0, 6, range(4), 2) != all4
 
 
+def _launch_two(module: str, args: dict, out: Path) -> None:
+    """``accelerate launch`` a recipe on 2 CPU processes (gloo) with the DDP config, on 127.0.0.1."""
+    env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "true",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_CONFIG),
+           "--main_process_port", str(_free_port()), "-m", module,
+           *[f"{k}={v}" for k, v in {**args, "out_dir": out}.items()]]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
 def _step_state(run: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """(flat parameters, flat Adam exp_avg) after step 1, from the run's checkpoint-1."""
     params = torch.load(run / "checkpoint-1" / "trainable.pt")
@@ -176,17 +191,7 @@ def test_recpo_step_on_two_processes_equals_one(tmp_path, tokenizer):
         "tensorboard": False,
     }
     one = train_recpo.main([f"{k}={v}" for k, v in {**args, "out_dir": tmp_path / "one"}.items()])
-    env = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "true",
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_CONFIG),
-           "--main_process_port", str(_free_port()), "-m", "recipes.train_recpo",
-           *[f"{k}={v}" for k, v in {**args, "out_dir": tmp_path / "two"}.items()]]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    _launch_two("recipes.train_recpo", args, tmp_path / "two")
     two_log = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert len(two_log) == 1  # process 0 alone wrote it
     rec1, rec2 = one["history"][0], two_log[0]
@@ -206,6 +211,24 @@ def test_recpo_step_on_two_processes_equals_one(tmp_path, tokenizer):
     r2 = json.loads((tmp_path / "two" / "result.json").read_text())
     assert r2["after"]["n_samples"] == one["after"]["n_samples"] == 3
     assert r2["after"]["ndcg@10"] == pytest.approx(one["after"]["ndcg@10"], abs=1e-6)
+
+
+def test_contrastive_step_on_two_processes_equals_one(tmp_path, tokenizer):
+    """6 users as 2 x 3: every user's softmax runs over all 6 targets (gathered with gradient)."""
+    from recipes import train_contrastive
+    from tests.recipe_fixtures import tiny_model_dir, tiny_prepared
+
+    args = {"model": str(tiny_model_dir(tmp_path / "base", tokenizer)),
+            "prepared": str(tiny_prepared(tmp_path / "data")), "steps": 1, "save_every": 1,
+            "users_per_step": 6, "eval_users": 3, "warmup_steps": 0, "lr": 1e-2,
+            "dtype": "float32"}  # fmt: skip
+    one = train_contrastive.main([f"{k}={v}" for k, v in {**args, "out_dir": tmp_path / "one"}.items()])
+    _launch_two("recipes.train_contrastive", args, tmp_path / "two")
+    rec2 = json.loads((tmp_path / "two" / "metrics.jsonl").read_text())
+    for key in ("train/loss", "train/grad_norm"):
+        assert rec2[key] == pytest.approx(one["history"][0][key], rel=1e-5), key
+    (_, m1), (_, m2) = _step_state(tmp_path / "one"), _step_state(tmp_path / "two")
+    assert (m1 - m2).abs().max() < 1e-5 * m1.abs().max()  # the averaged gradient
 
 
 @pytest.mark.parametrize("config", [DDP_CONFIG, DS_CONFIG], ids=["ddp", "deepspeed_zero2"])

@@ -233,7 +233,7 @@ def _check(directory: Path) -> dict:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{manifest_path}: unreadable or not JSON ({err})") from err
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "files" not in manifest:
         raise CheckpointError(f"{manifest_path}: not an rrec checkpoint manifest")
     if manifest.get("version") != VERSION:
         raise CheckpointError(f"{manifest_path}: unsupported version {manifest.get('version')!r}")
@@ -250,27 +250,23 @@ def _check(directory: Path) -> dict:
     return manifest
 
 
-def previous_good(directory: Path) -> Path | None:
-    """The newest checkpoint beside ``directory`` with a smaller step that verifies, if any."""
-    step = step_of(directory)
-    for other in reversed(list_checkpoints(directory.parent)):
-        if other != directory and (step is None or step_of(other) < step):
-            try:
-                _check(other)
-                return other
-            except CheckpointError:
-                continue
-    return None
-
-
 def verify_checkpoint(directory: str | Path) -> dict:
     """The manifest of a complete, intact checkpoint; CheckpointError names the bad file otherwise, and
-    the newest earlier checkpoint that does verify."""
+    the newest earlier checkpoint beside it that does verify."""
     directory = Path(directory).absolute()
     try:
         return _check(directory)
     except CheckpointError as err:
-        good = previous_good(directory)
+        step = step_of(directory)
+        good = None
+        for other in reversed(list_checkpoints(directory.parent)):
+            if other != directory and (step is None or step_of(other) < step):
+                try:
+                    _check(other)
+                    good = other
+                    break
+                except CheckpointError:
+                    continue
         hint = f"; the previous good checkpoint is {good}" if good else "; no earlier good checkpoint"
         raise CheckpointError(f"{err}{hint}") from err
 

@@ -234,15 +234,36 @@ def test_row_seeds_draw_each_row_independently_of_its_batch(lm_tok):
         generate_reasoning(lm, ids, mask, row_seeds=[1, 2, 3], **kw)
 
 
+def test_sample_next_per_row_inverse_cdf_by_hand():
+    # the generator seeded 0 gives u = 0.4963; the draw is the first token whose cumulative probability
+    # exceeds u. (0.5, 0.5): cum 0.5 > u -> 0; (0.4, 0.6): cum 0.4, 1.0 -> 1; (0.1, 0.2, 0.3, 0.4): cum
+    # 0.1, 0.3, 0.6 -> 2; (0.2, 0, 0.8): cum 0.2, 0.2, 1.0 -> 2 (the probability-0 token is skipped)
+    assert abs(torch.rand((), generator=torch.Generator().manual_seed(0)).item() - 0.4963) < 1e-4
+    cases = [([0.5, 0.5], 0), ([0.4, 0.6], 1), ([0.1, 0.2, 0.3, 0.4], 2), ([0.2, 0.0, 0.8], 2)]
+    for probs, expected in cases:
+        logits = torch.tensor([probs]).log()
+        assert sample_next_per_row(logits, [torch.Generator().manual_seed(0)]).item() == expected, probs
+
+
+def test_sample_next_per_row_draws_from_the_warped_distribution():
+    # n rows of the same logits, each with its own generator: the histogram matches the exact
+    # distribution (TV bound as in test_sampling_distribution_matches_hf, n = 20000: ~0.02)
+    torch.manual_seed(0)
+    logits = torch.randn(1, 50) * 2
+    n = 20_000
+    draws = sample_next_per_row(
+        logits.expand(n, -1), [torch.Generator().manual_seed(s) for s in range(n)], temperature=1.5, top_k=20
+    )
+    ref = warp_logits(logits, temperature=1.5, top_k=20).softmax(-1)[0].double()
+    emp = torch.bincount(draws, minlength=50).double() / n
+    assert 0.5 * (emp - ref).abs().sum().item() < 0.04
+    assert emp[ref == 0].sum() == 0
+
+
 def test_sample_next_per_row_uses_one_generator_per_row():
-    # row i is multinomial(probs[i]) with generator i alone: swapping rows and generators swaps draws
+    # swapping rows together with their generators swaps the draws: row i sees only generator i
     torch.manual_seed(0)
     logits = torch.randn(2, 40)
     draws = sample_next_per_row(logits, [torch.Generator().manual_seed(s) for s in (1, 2)], top_k=10)
-    for i, s in enumerate((1, 2)):
-        probs = warp_logits(logits[i : i + 1], top_k=10).softmax(-1)
-        assert draws[i] == torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(s)).item()
-    swapped = sample_next_per_row(
-        logits.flip(0), [torch.Generator().manual_seed(s) for s in (2, 1)], top_k=10
-    )
-    assert torch.equal(swapped, draws.flip(0))
+    gens = [torch.Generator().manual_seed(s) for s in (2, 1)]
+    assert torch.equal(sample_next_per_row(logits.flip(0), gens, top_k=10), draws.flip(0))

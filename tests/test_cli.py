@@ -1,0 +1,88 @@
+"""The ``rrec`` command: help without torch, clear config errors, thin wrappers over the recipes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from rrec import assets
+from rrec.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_the_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("fetch", "prepare", "evaluate"):
+        assert command in result.output
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from rrec.cli import app\n"
+        "assert CliRunner().invoke(app, ['evaluate', '--help']).exit_code == 0\n"
+        "assert 'torch' not in sys.modules, 'rrec --help imported torch'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_evaluate_unknown_key_is_a_clear_error():
+    result = runner.invoke(app, ["evaluate", "max_user=3"])
+    assert result.exit_code == 2
+    assert "unknown config keys ['max_user']" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_evaluate_missing_config_file():
+    result = runner.invoke(app, ["evaluate", "no/such/config.yaml", "method=pop"])
+    assert result.exit_code == 2
+    assert "config file not found" in result.output
+
+
+def write_atomic(directory: Path) -> None:
+    """RecBole atomic files: 3 items, 2 users with 4 interactions each (6 samples)."""
+    directory.mkdir()
+    (directory / "tiny.item").write_text(
+        "item_id:token\ttitle:token_seq\n1\tAlpha\n2\tBeta\n3\tGamma\n", encoding="utf-8"
+    )
+    rows = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
+    rows += [f"{u}\t{i}\t4\t{10 * t + int(u)}" for u in ("1", "2") for t, i in enumerate("1231")]
+    (directory / "tiny.inter").write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+def test_prepare_writes_reuses_and_refuses_a_different_config(tmp_path):
+    write_atomic(tmp_path / "atomic")
+    out = tmp_path / "prepared"
+    args = ["prepare", f"dataset=recbole:{tmp_path / 'atomic'}:tiny", f"out_dir={out}"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    # 2 users x 3 samples = 6; temporal 80/10/10 cuts at floor(4.8) = 4 and floor(5.4) = 5: 4 / 1 / 1
+    assert "tiny: 3 items, 2 users, 8 interactions" in first.output
+    assert (out / "test.parquet").exists() and (out / "prepare.json").exists()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "reusing" in again.output
+    other = runner.invoke(app, [*args, "split=loo"])
+    assert other.exit_code == 2 and "force=true" in other.output
+    forced = runner.invoke(app, [*args, "split=loo", "force=true"])
+    assert forced.exit_code == 0 and "reusing" not in forced.output
+
+
+def test_fetch_prints_where_things_are(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_fetch(datasets, model=True, force=False):
+        calls.append((datasets, model, force))
+        return {name: tmp_path / name for name in (*datasets, "model")}
+
+    monkeypatch.setattr(assets, "fetch", fake_fetch)
+    monkeypatch.setenv("RREC_CACHE", str(tmp_path))
+    result = runner.invoke(app, ["fetch", "--ml-1m", "--force"])
+    assert result.exit_code == 0, result.output
+    assert calls == [(("ml-100k", "ml-1m"), True, True)]
+    assert str(tmp_path / "ml-1m") in result.output and f"cache: {tmp_path}" in result.output

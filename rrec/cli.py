@@ -86,5 +86,29 @@ def evaluate(args: list[str] | None = RECIPE_ARGS) -> None:
     run_recipe(recipe.main, args)
 
 
+@app.command("train-recpo", context_settings=RECIPE_CONTEXT)
+def train_recpo(args: list[str] | None = RECIPE_ARGS) -> None:
+    """Train with RecPO: rollouts, fused reward, clipped token + item-action loss (recipes/train_recpo.py)."""
+    from recipes import train_recpo as recipe
+
+    run_recipe(recipe.main, args)
+
+
+@app.command("train-contrastive", context_settings=RECIPE_CONTEXT)
+def train_contrastive(args: list[str] | None = RECIPE_ARGS) -> None:
+    """Train the "w/o reasoning" in-batch contrastive baseline (recipes/train_contrastive.py)."""
+    from recipes import train_contrastive as recipe
+
+    run_recipe(recipe.main, args)
+
+
+@app.command(context_settings=RECIPE_CONTEXT)
+def demo(args: list[str] | None = RECIPE_ARGS) -> None:
+    """The main job on the embedded default: fetch, item table, eval, short RecPO, eval, examples, plots."""
+    from recipes import demo as recipe
+
+    run_recipe(recipe.main, args)
+
+
 if __name__ == "__main__":
     app()

@@ -8,6 +8,7 @@ W processes.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -20,6 +21,7 @@ from rrec import distributed
 from rrec.backbone import final_hidden
 from rrec.evaluation import histories_of
 from rrec.items import encode_token_lists
+from rrec.prompts import HistoryTruncatedWarning
 from rrec.rollout import left_pad
 
 
@@ -42,11 +44,17 @@ def sample_batches(
 
 
 def prompt_batch(model, rows: pd.DataFrame, reasoning: bool = True) -> tuple[Tensor, Tensor]:
-    """(B, P) left-padded user-prompt ids and mask for sample rows."""
-    prompts = [
-        model.user_prompt(h, float(t), reasoning)
-        for h, t in zip(histories_of(rows), rows["timestamp"].tolist(), strict=True)
-    ]
+    """(B, P) left-padded user-prompt ids and mask for sample rows.
+
+    Histories longer than the model's ``max_history`` are cut to their most recent items without a
+    warning here: in training that is the configured behaviour, not a surprise.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HistoryTruncatedWarning)
+        prompts = [
+            model.user_prompt(h, float(t), reasoning)
+            for h, t in zip(histories_of(rows), rows["timestamp"].tolist(), strict=True)
+        ]
     ids = model.tokenizer(prompts, add_special_tokens=False).input_ids
     return left_pad(ids, model.pad_id, device=model.device)
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import math
+import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -384,6 +385,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "train/lr": sched.get_last_lr()[0],
                 "train/tokens_per_s": n_tok / dt,
                 "train/step_s": dt,
+                "train/peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             }
             history.append(rec)
             if acc.is_main_process and (step + 1) % cfg.log_every == 0:
@@ -396,6 +398,7 @@ def main(argv: list[str] | None = None) -> dict:
                 acc.print(
                     f"step {step + 1}/{cfg.steps} reward {rec['train/reward_mean']:.4f} "
                     f"ndcg {rec['train/ndcg']:.4f} clip {rec['train/clip_fraction']:.3f} "
+                    f"rss {rec['train/peak_rss_gib']:.1f}G "
                     f"len {rec['train/reasoning_len']:.0f} {dt:.1f}s"
                 )
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:

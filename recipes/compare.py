@@ -40,8 +40,9 @@ time, which on a shared machine is the steadier number.
 Choices: ``seed`` draws the subset users *and* seeds baseline training. Defaults for the baselines'
 training (``epochs``, ``patience``) are set so that the three ML-100K baselines fit a 15-minute budget on
 a 2-core CPU; see ``recipes/configs/compare_ml100k.yaml`` for the measurement. ``num_threads`` defaults to
-1: on the shared 2-core machine one SASRec epoch on ML-100K took 19 s with one thread and had not ended
-after 10 minutes with two (OpenMP threads waiting on each other under load); raise it on a quiet machine.
+1: on the shared 2-core machine a one-epoch SASRec + GRU4Rec comparison on ML-100K took 34 s with one
+thread and had not ended after 10 minutes with two (OpenMP threads waiting on each other under load);
+raise it on a quiet machine.
 """
 
 from __future__ import annotations

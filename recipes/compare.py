@@ -69,7 +69,7 @@ from torch import nn
 from recipes import prepare as prepare_recipe
 from rrec import assets, backbone
 from rrec.baselines import GRU4Rec, Popularity, SASRec, popularity_counts, score_split, train_sequential
-from rrec.config import ConfigError, load_config
+from rrec.config import ConfigError, config_from_argv
 from rrec.data import PreparedData, load_prepared
 from rrec.evaluation import evaluate_samples, select_samples, summarize
 
@@ -415,8 +415,7 @@ def append_markdown(path: Path, heading: str, block: str) -> None:
 def main(argv: Sequence[str] | None = None) -> dict:
     """``argv``: an optional YAML path, then ``key=value`` overrides. Returns the results dict."""
     args = list(sys.argv[1:] if argv is None else argv)
-    path = args[0] if args and "=" not in args[0] else None
-    cfg = load_config(Config, path, args[1:] if path else args)
+    cfg = config_from_argv(Config, args)
     plans = plan_rows(cfg)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     try:

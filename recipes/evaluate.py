@@ -46,7 +46,7 @@ from torch import Tensor
 from recipes import prepare as prepare_recipe
 from rrec import assets, backbone
 from rrec.baselines import popularity_counts
-from rrec.config import ConfigError, load_config
+from rrec.config import ConfigError, config_from_argv
 from rrec.data import load_prepared
 from rrec.evaluation import evaluate_samples, per_user_rows, select_samples, summarize
 from rrec.metrics import bootstrap_ci, per_sample_ndcg
@@ -139,8 +139,7 @@ def format_table(m: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> dict:
     """``argv``: an optional YAML path, then ``key=value`` overrides. Returns the metrics dict."""
     args = list(sys.argv[1:] if argv is None else argv)
-    path = args.pop(0) if args and "=" not in args[0] else None
-    cfg = load_config(Config, path, args)
+    cfg = config_from_argv(Config, args)
     if cfg.method not in ("llm", "pop"):
         raise ConfigError(f"method must be 'llm' or 'pop', got {cfg.method!r}")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
@@ -234,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     metrics["config"] = dataclasses.asdict(cfg) | resolved
     metrics["machine"] = machine_info()
     metrics["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    metrics["command"] = " ".join(["rrec evaluate", *([path] if path else []), *args])
+    metrics["command"] = " ".join(["rrec evaluate", *args])
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     with open(out / "per_user.jsonl", "w") as f:
         for row in per_user_rows(res):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rrec import assets
-from rrec.config import ConfigError, load_config
+from rrec.config import ConfigError, config_from_argv
 from rrec.data import (
     PreparedData,
     format_stats,
@@ -134,8 +134,7 @@ def ensure_default() -> Path:
 def main(argv: Sequence[str] | None = None) -> Path:
     """``argv``: an optional YAML path, then ``key=value`` overrides."""
     args = list(sys.argv[1:] if argv is None else argv)
-    path = args.pop(0) if args and "=" not in args[0] else None
-    cfg = load_config(Config, path, args)
+    cfg = config_from_argv(Config, args)
     return run(cfg)
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from recipes.train_recpo import kept_log, prepare, resume_path, run_eval, setup
 from rrec import checkpoint, distributed, training
-from rrec.config import load_config, to_dict
+from rrec.config import config_from_argv, to_dict
 
 
 @dataclass
@@ -93,8 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers import get_constant_schedule_with_warmup
 
     argv = sys.argv[1:] if argv is None else argv
-    path = argv[0] if argv and "=" not in argv[0] else None
-    cfg = load_config(ContrastiveConfig, path, [a for a in argv if a is not path])
+    cfg = config_from_argv(ContrastiveConfig, argv)
     acc = Accelerator()
     rank, world = distributed.rank_and_world()
     deepspeed = acc.distributed_type == DistributedType.DEEPSPEED

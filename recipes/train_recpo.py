@@ -53,7 +53,7 @@ from pathlib import Path
 import torch
 
 from rrec import checkpoint, distributed, recpo, training
-from rrec.config import load_config, to_dict
+from rrec.config import config_from_argv, to_dict
 from rrec.metrics import rank_of_target
 
 
@@ -214,8 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
     from rrec.rollout import generate_reasoning
 
     argv = sys.argv[1:] if argv is None else argv
-    path = argv[0] if argv and "=" not in argv[0] else None
-    cfg = load_config(RecPOConfig, path, [a for a in argv if a is not path])
+    cfg = config_from_argv(RecPOConfig, argv)
     acc = Accelerator()
     rank, world = distributed.rank_and_world()
     deepspeed = acc.distributed_type == DistributedType.DEEPSPEED

@@ -87,5 +87,13 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
     return cls(**{k: _coerce(k, v, hints[k]) for k, v in data.items()})
 
 
+def config_from_argv(cls: type[T], argv: Sequence[str]) -> T:
+    """A recipe's command line: an optional YAML path first (any argument without ``=``), then
+    ``key=value`` overrides."""
+    args = list(argv)
+    path = args.pop(0) if args and "=" not in args[0] else None
+    return load_config(cls, path, args)
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)

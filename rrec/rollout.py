@@ -142,6 +142,7 @@ def generate_reasoning(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
     row_seeds: Sequence[int] | None = None,
+    force_at_budget: bool = True,
 ) -> Rollout:
     """Sample ``num_generations`` reasonings per left-padded prompt, each ending with ``<answer>``.
 
@@ -150,6 +151,10 @@ def generate_reasoning(
         max_new_tokens: budget including ``<answer>`` (>= 1; 1 means "answer at once").
         row_seeds: optional (B*G,) seeds, one per output row (user-major); each row then samples from
             its own generator and ``generator`` is unused. None (default): one shared ``generator``.
+        force_at_budget: True (RecPO): a row still open at the budget gets ``answer_id`` as its last
+            token. False (plain text generation, ``rrec.grpo``, with ``answer_id`` = the stop token): the
+            row is cut at the budget; it keeps ``max_new_tokens`` tokens, ``forced`` marks it truncated
+            and its ``user_states`` row stays 0.
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
@@ -185,6 +190,9 @@ def generate_reasoning(
         finished_before = done.clone()
         if bool(done.all()):
             break
+        if step == max_new_tokens:  # budget spent, rows cut (force_at_budget=False)
+            forced |= ~done
+            break
         logits = lm_head(h).float()  # (B*G, V)
         if row_gens is not None:
             nxt = sample_next_per_row(logits, row_gens, temperature=temperature, top_k=top_k, top_p=top_p)
@@ -201,7 +209,7 @@ def generate_reasoning(
             hit_eos = torch.isin(nxt, eos) & ~done
             forced |= hit_eos
             nxt = torch.where(hit_eos, torch.full_like(nxt, answer_id), nxt)
-        if step == max_new_tokens - 1:
+        if step == max_new_tokens - 1 and force_at_budget:
             force_now = ~done & (nxt != answer_id)
             forced |= force_now
             nxt = torch.where(force_now, torch.full_like(nxt, answer_id), nxt)

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from rrec import recpo
+from rrec import distributed, recpo
 from rrec.rollout import generate_reasoning, left_pad
 from rrec.training import policy_forward
 
@@ -201,8 +201,19 @@ def grpo_update(
     Old log-probs: with ``num_iterations`` = 1 the ratio is 1 by construction (the current log-probs,
     detached, as in TRL); with >= 2 they come from a teacher-forced pass on exactly the sampled ids before
     the first update. ``beta_kl`` > 0 needs a PEFT model: the reference is the adapter-disabled model.
-    Returns the statistics of the last iteration.
+    Several processes (``accelerate launch``, each holding B/W prompts with their G completions, so
+    groups and advantages stay local): the token count of ``dapo``/``bnpo`` is the global batch's
+    (``rrec.training.loss_normalisation``) and gradients are averaged over processes before the step, so
+    W processes take the step one process takes on the whole batch. On one process both are no-ops.
+    Returns the statistics of the last iteration (``loss``, ``clip_fraction``, ``ratio_mean`` and ``kl``
+    averaged over processes).
     """
+    from rrec.training import loss_normalisation
+
+    _, world = distributed.rank_and_world()
+    n_tok_local = roll.completion_mask.sum().float()
+    n_tok = float(distributed.sum_over_processes(n_tok_local))
+    loss_type, n_items = loss_normalisation(loss_type, n_tok, world)
     args = (roll.prompt_ids, roll.prompt_mask, roll.completion_ids, roll.completion_mask, temperature)
     adv = advantages.to(roll.completion_ids.device)
     old = ref = None
@@ -221,19 +232,26 @@ def grpo_update(
         loss, st = recpo.policy_loss(
             logps, logps.detach() if old is None else old, adv, roll.completion_mask, epsilon=epsilon,
             epsilon_high=epsilon_high, loss_type=loss_type, max_completion_length=max_completion_length,
-            beta_kl=beta_kl, ref_logps=ref,
+            num_items_in_batch=n_items, beta_kl=beta_kl, ref_logps=ref,
         )  # fmt: skip
-        if not torch.isfinite(loss):
-            raise FloatingPointError("non-finite GRPO loss")
+        if distributed.any_process(not bool(torch.isfinite(loss)), logps.device):
+            raise FloatingPointError("non-finite GRPO loss (on some process)")
         loss.backward()
+        distributed.average_gradients(params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
         optimizer.zero_grad(set_to_none=True)
     lm.eval()
+    with torch.no_grad():  # token-weighted statistics summed over processes; the loss averaged
+        sums = distributed.sum_over_processes(
+            torch.stack([loss.detach(), st.clip_fraction * n_tok_local, st.ratio_mean * n_tok_local,
+                         st.kl * n_tok_local]).float()
+        )  # fmt: skip
+    n = max(n_tok, 1.0)
     return UpdateStats(
-        float(loss.detach()), float(st.clip_fraction), float(st.ratio_mean), float(st.kl), float(grad_norm)
+        float(sums[0]) / world, float(sums[1]) / n, float(sums[2]) / n, float(sums[3]) / n, float(grad_norm)
     )
 
 

@@ -23,12 +23,15 @@ The loop is a plain KV-cached decode (the CPU path; the GPU engine of the speed 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from rrec.backbone import final_hidden, position_ids_from_mask
+
+if TYPE_CHECKING:
+    from rrec.engine import StaticDecoder
 
 
 class Rollout(NamedTuple):
@@ -143,6 +146,7 @@ def generate_reasoning(
     generator: torch.Generator | None = None,
     row_seeds: Sequence[int] | None = None,
     force_at_budget: bool = True,
+    engine: StaticDecoder | None = None,
 ) -> Rollout:
     """Sample ``num_generations`` reasonings per left-padded prompt, each ending with ``<answer>``.
 
@@ -155,6 +159,9 @@ def generate_reasoning(
             token. False (plain text generation, ``rrec.grpo``, with ``answer_id`` = the stop token): the
             row is cut at the budget; it keeps ``max_new_tokens`` tokens, ``forced`` marks it truncated
             and its ``user_states`` row stays 0.
+        engine: an ``rrec.engine.StaticDecoder`` for ``B*G`` rows and at least ``P + max_new_tokens + 1``
+            slots, holding ``lm``'s current weights: the same computation on a static KV cache (CUDA-graph
+            decode when built with ``cuda_graph=True``). None: the HF forward with a dynamic cache.
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
@@ -164,10 +171,17 @@ def generate_reasoning(
         )
     lm_head = lm.get_output_embeddings()
     G = num_generations
-    hidden, cache = final_hidden(lm, prompt_ids, prompt_mask, use_cache=True)  # (B, P, D)
-    h = hidden[:, -1].repeat_interleave(G, 0)  # (B*G, D)
-    if G > 1:
-        cache.batch_repeat_interleave(G)
+    if engine is not None:
+        if engine.max_len < prompt_ids.shape[1] + max_new_tokens + 1:
+            raise ValueError(
+                f"engine has {engine.max_len} slots for {prompt_ids.shape[1]} + {max_new_tokens} tokens"
+            )
+        h, cache = engine.prefill(prompt_ids, prompt_mask, repeat=G), None  # (B*G, D)
+    else:
+        hidden, cache = final_hidden(lm, prompt_ids, prompt_mask, use_cache=True)  # (B, P, D)
+        h = hidden[:, -1].repeat_interleave(G, 0)  # (B*G, D)
+        if G > 1:
+            cache.batch_repeat_interleave(G)
     prompt_ids = prompt_ids.repeat_interleave(G, 0)  # (B*G, P)
     prompt_mask = prompt_mask.repeat_interleave(G, 0)
     n, device = prompt_ids.shape[0], prompt_ids.device
@@ -220,10 +234,13 @@ def generate_reasoning(
         tokens.append(nxt)
         done = done | (nxt == answer_id)
         mask = torch.cat([mask, (~finished_before).long()[:, None]], dim=1)
-        hidden, cache = final_hidden(
-            lm, nxt[:, None], mask, position_ids=next_pos[:, None], past_key_values=cache, use_cache=True
-        )
-        h = hidden[:, -1]
+        if engine is not None:
+            h = engine.decode(nxt, next_pos, ~finished_before)
+        else:
+            hidden, cache = final_hidden(
+                lm, nxt[:, None], mask, position_ids=next_pos[:, None], past_key_values=cache, use_cache=True
+            )
+            h = hidden[:, -1]
         next_pos = next_pos + 1
     completion = torch.stack(tokens, 1)  # (B*G, T)
     cmask = torch.ones_like(completion)

@@ -51,6 +51,9 @@ class RecLLMR1Config:
     max_history: int = 10  # ours: history titles shown (most recent last); 10 titles ~ 150 tokens
     k: int = 10  # titles asked for and rewarded (NDCG@K); evaluation is always @10
     fuzzy_cutoff: float = 0.85  # title_match: difflib ratio of a fuzzy title match (ours)
+    strict_answer: bool = (
+        False  # ours: True reads titles only inside <answer>; False also bare numbered lists
+    )
     # SFT stage
     sft_steps: int = 200  # ours; 0 skips the stage
     sft_batch_size: int = 8
@@ -143,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         data = load_prepared(ensure_default())
     train = data.splits["train"]
-    cat = task.build_catalog(data.items, train, cfg.fuzzy_cutoff)
+    cat = task.build_catalog(data.items, train, cfg.fuzzy_cutoff, cfg.strict_answer)
     eval_df = select_samples(data.splits[cfg.eval_split], cfg.eval_users, cfg.eval_samples_per_user, cfg.seed)
     lm, tok = grpo.load_policy(
         cfg.model, dtype=cfg.dtype, device=cfg.device, lora=cfg.lora, lora_rank=cfg.lora_rank,

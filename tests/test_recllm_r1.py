@@ -76,12 +76,22 @@ def test_parse_well_formed_completion():
     assert title_match.is_well_formed(text)
 
 
-def test_missing_answer_block_gives_no_titles_and_zero_rewards(cat):
-    # invalid: the titles are written but there is no <answer> tag, so nothing is parsed
+def test_missing_answer_block_strict_gives_no_titles_and_zero_rewards():
+    # invalid: the titles are written but there is no <answer> tag; strict parsing reads nothing
     text = "<reasoning>crime fans</reasoning>\n1. Heat (1995)\n2. Fargo (1996)"
-    assert parse_titles(text) == []
-    funcs, _ = task.make_rewards(cat, 10)
+    assert parse_titles(text, strict=True) == []
+    funcs, _ = task.make_rewards(task.build_catalog(ITEMS, TRAIN, strict_answer=True), 10)
     assert [f([text], target=["1"])[0] for f in funcs] == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_missing_answer_block_lenient_reads_numbered_lines(cat):
+    # no <answer> tag, default (lenient) parsing: the numbered lines are the list, prose and bullets are
+    # not; the format term stays 0. Heat at rank 1 -> NDCG 1; Heat {Action, Crime, Thriller} vs Fargo
+    # {Crime, Drama, Thriller}: J = 2/4 -> ILD 1/2; novelty (1 + 3/4) / 2 = 7/8
+    text = "Here you go.\n1. Heat (1995)\n2) Fargo (1996)\n- Heavy (1995)\nThe user will like 1. Heat"
+    assert parse_titles(text) == ["Heat (1995)", "Fargo (1996)"]
+    funcs, _ = task.make_rewards(cat, 10)
+    assert [f([text], target=["1"])[0] for f in funcs] == [1.0, 0.5, 0.875, 0.0]
 
 
 def test_unclosed_answer_is_parsed_but_not_well_formed():

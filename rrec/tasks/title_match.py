@@ -12,7 +12,11 @@ Rules, each stated once here:
 
 * Answer block: the text between the first ``<answer>`` and the next ``</answer>``, or the end of the
   completion when ``</answer>`` is missing (a completion cut at the token budget still lists titles). No
-  ``<answer>``: no titles. Text outside the block is ignored by the parser (the format check sees it).
+  ``<answer>``: with ``strict``, no titles; otherwise (the default) the numbered lines (``1.``, ``2)``) of
+  the whole completion, because SmolLM2-135M-Instruct, asked for the tags, answers with a bare numbered
+  list: with no titles at all every reward but the format term would be 0 and GRPO would get no signal
+  from accuracy until the tags are learnt. Text outside the block is ignored by the parser (the format
+  check sees it).
 * Title lines: every non-blank line of the block, its list markers (``1.``, ``2)``, ``-``, ``*``) and
   markdown emphasis/quotes stripped; when a line holds a ``(YYYY)`` year, whatever follows the year is
   dropped ("Heat (1995) - a heist film" -> "Heat (1995)").
@@ -49,6 +53,7 @@ import pandas as pd
 from rrec.data.text import move_trailing_article
 
 _YEAR_END = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4})\)")
+_NUMBERED = re.compile(r"^\s*\d{1,3}[.)]\s*\S")
 _MARKER = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*\u2022]+)\s*")  # not "2001:" (A Space Odyssey)
 _PAREN = re.compile(r"\([^()]*\)")
 _APOSTROPHE = re.compile(r"['\u2019`]")
@@ -107,18 +112,25 @@ def answer_block(completion: str) -> str | None:
     return body if end < 0 else body[:end]
 
 
-def parse_titles(completion: str) -> list[str]:
-    """The title lines of a completion's answer block, in order (no block: ``[]``).
+def parse_titles(completion: str, strict: bool = False) -> list[str]:
+    """The title lines of a completion's answer block, in order; no block: ``[]`` when ``strict``, else
+    the numbered lines of the whole completion.
 
     Example:
         >>> parse_titles("<reasoning>x</reasoning><answer>\\n1. Heat (1995)\\n2. **Fargo**\\n</answer>")
         ['Heat (1995)', 'Fargo']
+        >>> parse_titles("Try these:\\n1. Heat (1995)\\n- Fargo"), parse_titles("1. Heat", strict=True)
+        (['Heat (1995)'], [])
     """
     body = answer_block(completion)
-    if body is None:
+    if body is None and strict:
         return []
+    if body is None:
+        lines = [line for line in completion.splitlines() if _NUMBERED.match(line)]
+    else:
+        lines = body.splitlines()
     out = []
-    for line in body.splitlines():
+    for line in lines:
         line = _MARKER.sub("", _MARKER.sub("", line))  # "1. - Title": a number and a bullet
         line = line.strip().strip("*_\"'").strip()
         if not line:
@@ -218,6 +230,6 @@ class TitleIndex:
                 items.append(item)
         return MappedList(items[:k], len(lines), unknown, dup)
 
-    def map_completion(self, completion: str, k: int) -> MappedList:
-        """``map_titles(parse_titles(completion), k)``."""
-        return self.map_titles(parse_titles(completion), k)
+    def map_completion(self, completion: str, k: int, strict: bool = False) -> MappedList:
+        """``map_titles(parse_titles(completion, strict), k)``."""
+        return self.map_titles(parse_titles(completion, strict), k)

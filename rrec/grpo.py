@@ -293,18 +293,51 @@ def generate_texts(
     progress: bool = False,
     **sampling,
 ) -> list[str]:
-    """One completion per prompt (greedy unless ``do_sample=True`` is passed), in batches, in order."""
+    """One completion per prompt (greedy unless ``do_sample=True`` is passed), in batches, in order.
+
+    On W processes each generates a contiguous shard of the prompts and every process gets all the
+    completions back, in prompt order.
+    """
     from tqdm.auto import tqdm
 
     sampling = {"do_sample": False, **sampling}
+    rank, world = distributed.rank_and_world()
+    lo, hi = distributed.shard_bounds(len(prompts), rank, world)
+    mine = list(prompts[lo:hi])
     was_training = lm.training
     lm.eval()
     out: list[str] = []
-    starts = range(0, len(prompts), batch_size)
-    for s in tqdm(starts, desc="generate", disable=not progress, unit="batch"):
+    starts = range(0, len(mine), batch_size)
+    for s in tqdm(starts, desc="generate", disable=not progress or rank > 0, unit="batch"):
         roll = sample_completions(
-            lm, tokenizer, prompts[s : s + batch_size], max_new_tokens=max_new_tokens, **sampling
+            lm, tokenizer, mine[s : s + batch_size], max_new_tokens=max_new_tokens, **sampling
         )
         out.extend(roll.texts)
     lm.train(was_training)
+    if world > 1:
+        out = [text for part in distributed.gather_objects(out) for text in part]
     return out
+
+
+def init_processes(device: str = "auto") -> torch.device:
+    """This process's device; under ``accelerate launch`` also joins the process group (accelerate's
+    ``PartialState``). One process without a launcher: nothing to join."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if device != "auto":
+        return torch.device(device)
+    return state.device
+
+
+def local_rows(batch_size: int, step: int, seed: int, group_size: int) -> tuple[slice, list[int]]:
+    """(this process's rows of a global batch of B prompts, one sampling seed per completion row).
+
+    The seeds depend on (seed, step, the prompt's index in the global batch, g) only
+    (``rrec.training.rollout_seeds``), so W processes x B/W prompts sample what one process x B does.
+    """
+    from rrec.training import rollout_seeds
+
+    rank, world = distributed.rank_and_world()
+    mine = distributed.batch_slice(batch_size, rank, world)
+    return mine, rollout_seeds(seed, step, range(mine.start, mine.stop), group_size)

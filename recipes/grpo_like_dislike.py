@@ -1,9 +1,13 @@
 """Like/dislike prediction (TALLRec's task on MovieLens-100K) learned by GRPO, or by the answer-only SFT
 baseline, on the "<reasoning>...</reasoning><answer>Yes|No</answer>" template.
 
-Launch: ``python -m recipes.grpo_like_dislike recipes/configs/like_dislike_smollm2_ml100k.yaml
-[key=value ...]`` (one process; no multi-process path here). ``method=sft`` trains the baseline on the
-same batches and evaluates it on the same held-out samples.
+Launch: ``rrec like-dislike recipes/configs/like_dislike_smollm2_ml100k.yaml [key=value ...]`` (one
+process), or ``accelerate launch --config_file recipes/configs/accelerate_ddp.yaml -m
+recipes.grpo_like_dislike <config> [key=value ...]``: each of W processes takes B/W prompts with their G
+completions (groups stay local), ``rrec.grpo.grpo_update`` averages gradients over processes, evaluation is
+sharded and gathered, process 0 writes the files; with ``row_seeds=true`` W processes sample exactly what
+one does (tested on 2 CPU processes). ``method=sft`` trains the baseline on the same batches and evaluates
+it on the same held-out samples (on W processes its gradient is the mean of the W local token means).
 
 Per step, ``method=grpo``: B training samples -> the prompt (system turn with the template, user turn
 with the last H rated titles marked Liked / Disliked and the target, ``rrec.tasks.like_dislike``) -> G
@@ -43,7 +47,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from rrec import checkpoint, grpo, recpo, training
+from rrec import checkpoint, distributed, grpo, recpo, training
 from rrec.config import config_from_argv, to_dict
 from rrec.tasks import like_dislike as ld
 
@@ -88,6 +92,7 @@ class LikeDislikeConfig:
     eval_max_new_tokens: int = 256
     eval_batch_size: int = 16
     bootstrap_resamples: int = 1000
+    row_seeds: bool = False  # one sampling seed per (step, prompt, g): independent of the process count
     log_every: int = 1
 
 
@@ -173,44 +178,53 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"method must be 'grpo' or 'sft', got {cfg.method!r}")
     if cfg.beta_kl > 0 and not cfg.lora:
         raise ValueError("beta_kl > 0 needs lora=true (the KL reference is the adapter-disabled model)")
+    device = grpo.init_processes(cfg.device)
+    rank, world = distributed.rank_and_world()
+    main_process = rank == 0
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write_json(out / "config.json", to_dict(cfg))
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.atomic_write_json(out / "config.json", to_dict(cfg))
     torch.manual_seed(cfg.seed)
     train, held = load_views(cfg)
     lm, tok = grpo.load_policy(
-        cfg.model, dtype=cfg.dtype, device=cfg.device, lora=cfg.lora, lora_rank=cfg.lora_rank,
+        cfg.model, dtype=cfg.dtype, device=str(device), lora=cfg.lora, lora_rank=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha, gradient_checkpointing=cfg.gradient_checkpointing,
     )  # fmt: skip
-    print(
+    say = print if main_process else (lambda *a, **k: None)
+    say(
         f"{len(train):,} training samples ({train['label'].mean():.3f} liked), {len(held)} held-out "
         f"samples ({cfg.eval_split}, {held['label'].mean():.3f} liked); method {cfg.method}"
     )
     t0 = time.time()
     before, before_rows = evaluate(lm, tok, held, cfg)
-    write_rows(out / "eval_before.jsonl", before_rows)
-    print(f"eval before: accuracy {before['accuracy']:.3f} parse {before['parse_rate']:.2f}")
+    if main_process:
+        write_rows(out / "eval_before.jsonl", before_rows)
+    say(f"eval before: accuracy {before['accuracy']:.3f} parse {before['parse_rate']:.2f}")
 
     G, B = cfg.num_generations, cfg.prompts_per_step
     weights = [cfg.correctness_weight, cfg.strict_format_weight, cfg.soft_format_weight]
     params = training.trainable_parameters(lm)
+    distributed.broadcast_parameters(params)  # every process starts from process 0's weights
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_constant_schedule_with_warmup(opt, cfg.warmup_steps)
     batches = training.sample_batches(train, B, cfg.seed)
-    gen = torch.Generator(device=next(lm.parameters()).device).manual_seed(cfg.seed)
+    gen = torch.Generator(device=next(lm.parameters()).device).manual_seed(cfg.seed + rank)
     pad_id = tok.pad_token_id
     history: list[dict] = []
     log_lines: list[str] = []
-    bar = tqdm(range(cfg.steps), desc=cfg.method, unit="step")
+    bar = tqdm(range(cfg.steps), desc=cfg.method, unit="step", disable=not main_process)
     for step in bar:
         t_step = time.time()
-        batch = next(batches)
+        mine, seeds = grpo.local_rows(B, step, cfg.seed, G)  # this process's prompts of the global batch
+        batch = next(batches).iloc[mine]
         prompts = prompts_of(tok, batch)
         labels = [bool(y) for y in batch["label"]]
         if cfg.method == "grpo":
             roll = grpo.sample_completions(
                 lm, tok, prompts, num_generations=G, max_new_tokens=cfg.max_completion_length,
                 temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=gen,
+                row_seeds=seeds if cfg.row_seeds else None,
             )  # fmt: skip
             r = grpo.reward_matrix(ld.REWARD_FUNCS, roll.texts, grpo.repeat_columns({"label": labels}, G))
             total = ld.weighted_reward(r, weights)  # (B*G,)
@@ -222,6 +236,12 @@ def main(argv: list[str] | None = None) -> dict:
                 beta_kl=cfg.beta_kl, max_grad_norm=cfg.max_grad_norm,
             )  # fmt: skip
             parsed = [ld.parse_answer(t) for t in roll.texts]
+            flags = torch.tensor([[p is not None, p is True] for p in parsed], dtype=torch.float32)
+            lengths = torch.stack([roll.completion_mask.sum(1).float(), roll.truncated.float()], 1).cpu()
+            per_row = torch.cat([total[:, None], r, flags, lengths], 1)  # (B*G/W, F+5)
+            per_row = distributed.gather_rows(per_row.to(device)).cpu()  # every process's rows, in order
+            total, r = per_row[:, 0], per_row[:, 1 : 1 + len(ld.REWARD_NAMES)]
+            flags, lengths = per_row[:, -4:-2], per_row[:, -2:]
             zero_std = (total.view(-1, G).std(1) == 0).float().mean().item() if G > 1 else 1.0
             rec = {
                 "step": step + 1,
@@ -229,16 +249,16 @@ def main(argv: list[str] | None = None) -> dict:
                 "train/reward_std": total.std().item() if total.numel() > 1 else 0.0,
                 **{f"train/{n}_mean": r[:, j].mean().item() for j, n in enumerate(ld.REWARD_NAMES)},
                 **{f"train/{n}_std": r[:, j].std().item() for j, n in enumerate(ld.REWARD_NAMES)},
-                "train/parse_rate": sum(p is not None for p in parsed) / len(parsed),
-                "train/yes_rate": sum(p is True for p in parsed) / len(parsed),
+                "train/parse_rate": flags[:, 0].mean().item(),
+                "train/yes_rate": flags[:, 1].mean().item(),
                 "train/zero_std_groups": zero_std,
                 "train/clip_fraction": st.clip_fraction,
                 "train/ratio_mean": st.ratio_mean,
                 "train/kl": st.kl,
                 "train/loss": st.loss,
                 "train/grad_norm": st.grad_norm,
-                "train/completion_len": roll.completion_mask.sum(1).float().mean().item(),
-                "train/truncated": roll.truncated.float().mean().item(),
+                "train/completion_len": lengths[:, 0].mean().item(),
+                "train/truncated": lengths[:, 1].mean().item(),
             }
         else:  # sft: the answer-only baseline on the same batches
             lm.train()
@@ -246,16 +266,18 @@ def main(argv: list[str] | None = None) -> dict:
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"step {step + 1}: non-finite SFT loss")
             loss.backward()
+            distributed.average_gradients(params)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             lm.eval()
-            rec = {"step": step + 1, "train/loss": loss.item(), "train/grad_norm": float(grad_norm)}
+            mean_loss = distributed.sum_over_processes(loss.detach()).item() / world
+            rec = {"step": step + 1, "train/loss": mean_loss, "train/grad_norm": float(grad_norm)}
         dt = time.time() - t_step
         rec.update({"train/lr": sched.get_last_lr()[0], "train/step_s": dt})
         history.append(rec)
-        if (step + 1) % cfg.log_every == 0:
+        if main_process and (step + 1) % cfg.log_every == 0:
             log_lines.append(json.dumps(rec) + "\n")
             checkpoint.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
             if cfg.method == "grpo":
@@ -269,17 +291,18 @@ def main(argv: list[str] | None = None) -> dict:
                 bar.write(f"step {step + 1}/{cfg.steps} loss {rec['train/loss']:.4f} {dt:.1f}s")
 
     after, after_rows = evaluate(lm, tok, held, cfg)
-    write_rows(out / "eval_after.jsonl", after_rows)
     wall = time.time() - t0
-    if hasattr(lm, "merge_and_unload"):  # a plain HF folder that model= accepts
-        lm = lm.merge_and_unload()
-    with checkpoint.atomic_folder(out / "final") as tmp:
-        lm.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
     result = {"before": before, "after": after, "steps": cfg.steps, "wall_s": wall, "config": to_dict(cfg)}
-    checkpoint.atomic_write_json(out / "result.json", result)
-    print(table(before, after))
-    print(f"wall time (eval before + {cfg.steps} {cfg.method} steps + eval after): {wall:.0f}s")
+    if main_process:
+        write_rows(out / "eval_after.jsonl", after_rows)
+        if hasattr(lm, "merge_and_unload"):  # a plain HF folder that model= accepts
+            lm = lm.merge_and_unload()
+        with checkpoint.atomic_folder(out / "final") as tmp:
+            lm.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+        checkpoint.atomic_write_json(out / "result.json", result)
+    say(table(before, after))
+    say(f"wall time (eval before + {cfg.steps} {cfg.method} steps + eval after): {wall:.0f}s")
     result["history"] = history
     return result
 

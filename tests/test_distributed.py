@@ -132,16 +132,17 @@ def test_rollout_seeds_depend_on_the_user_not_the_process():
     assert training.rollout_seeds(0, 6, range(4), 2) != all4
 
 
-def _launch_two(module: str, args: dict, out: Path) -> None:
-    """``accelerate launch`` a recipe on 2 CPU processes (gloo) with the DDP config, on 127.0.0.1."""
+def _launch_two(module: str, args: dict, out: Path, script: Path | None = None) -> None:
+    """``accelerate launch`` a recipe (or ``script``) on 2 CPU processes (gloo) with the DDP config."""
     env = {
         **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
         "ACCELERATE_USE_CPU": "true",
         "OMP_NUM_THREADS": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_CONFIG),
-           "--main_process_port", str(_free_port()), "-m", module,
+           "--main_process_port", str(_free_port()), *(["-m", module] if script is None else [str(script)]),
            *[f"{k}={v}" for k, v in {**args, "out_dir": out}.items()]]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -242,3 +243,60 @@ def test_accelerate_configs_parse(config):
     assert cfg.num_processes == 2 and cfg.main_process_ip == "127.0.0.1"
     if config == DS_CONFIG:
         assert cfg.distributed_type == "DEEPSPEED" and cfg.deepspeed_config["zero_stage"] == 2
+
+
+SHORTNESS_RUNNER = """
+import sys
+from rrec.tasks import like_dislike as ld
+from recipes import grpo_like_dislike
+
+
+def shortness(completions, **_):  # the tiny model never writes the tags: a reward that varies
+    return [-float(len(c)) for c in completions]
+
+
+ld.REWARD_FUNCS = (shortness, ld.strict_format_reward, ld.soft_format_reward)
+grpo_like_dislike.main(sys.argv[1:])
+"""
+
+
+def test_like_dislike_grpo_step_on_two_processes_equals_one(tmp_path, tokenizer, monkeypatch):
+    """A sibling system through ``rrec.grpo``: 4 prompts x 2 completions as 2 x 2 prompts, dapo (the
+    gathered token count), per-row seeds; the merged final weights after one step agree to 1e-6 (lr 1e-2:
+    Adam's first step moves each LoRA weight by about lr, so 1e-6 is 1e-4 of a step), the logged loss and
+    rewards to 1e-5 relative, and the evaluation (3 samples: shards of 2 and 1) exactly."""
+    from safetensors.torch import load_file
+
+    from recipes import grpo_like_dislike
+    from rrec.tasks import like_dislike as ld
+    from tests.recipe_fixtures import tiny_model_dir, tiny_prepared
+
+    args = {"model": str(tiny_model_dir(tmp_path / "base", tokenizer)),
+            "prepared": str(tiny_prepared(tmp_path / "data")), "steps": 1, "prompts_per_step": 4,
+            "num_generations": 2, "max_completion_length": 6, "row_seeds": True, "loss_type": "dapo",
+            "eval_samples": 3, "eval_max_new_tokens": 4, "warmup_steps": 0, "lr": 1e-2, "dtype": "float32",
+            "history": 3}  # fmt: skip
+    script = tmp_path / "run_shortness.py"
+    script.write_text(SHORTNESS_RUNNER)
+    ns: dict = {}
+    exec(SHORTNESS_RUNNER.split("ld.REWARD_FUNCS")[0], ns)  # the same reward, in this process
+    monkeypatch.setattr(ld, "REWARD_FUNCS", (ns["shortness"], ld.strict_format_reward, ld.soft_format_reward))
+    one = grpo_like_dislike.main([f"{k}={v}" for k, v in {**args, "out_dir": tmp_path / "one"}.items()])
+    _launch_two("", args, tmp_path / "two", script=script)
+    rec1 = one["history"][0]
+    rec2 = json.loads((tmp_path / "two" / "metrics.jsonl").read_text())  # one line: process 0 alone wrote
+    assert (
+        rec1["train/zero_std_groups"] < 1.0 and rec2["train/completion_len"] == rec1["train/completion_len"]
+    )
+    for key in ("train/loss", "train/reward_mean", "train/correctness_mean", "train/grad_norm"):
+        assert rec2[key] == pytest.approx(rec1[key], rel=1e-5), key
+    w1 = load_file(tmp_path / "one" / "final" / "model.safetensors")
+    w2 = load_file(tmp_path / "two" / "final" / "model.safetensors")
+    moved = max(
+        (w1[k] - load_file(tmp_path / "base" / "model.safetensors")[k]).abs().max().item() for k in w1
+    )
+    assert moved > 1e-4  # the step did something
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-6)
+    r2 = json.loads((tmp_path / "two" / "result.json").read_text())
+    assert r2["after"] == one["after"]

@@ -118,5 +118,45 @@ def compare(args: list[str] | None = RECIPE_ARGS) -> None:
     run_recipe(recipe.main, args)
 
 
+@app.command("like-dislike", context_settings=RECIPE_CONTEXT)
+def like_dislike(args: list[str] | None = RECIPE_ARGS) -> None:
+    """Like/dislike prediction by GRPO, or the answer-only SFT baseline (recipes/grpo_like_dislike.py)."""
+    from recipes import grpo_like_dislike as recipe
+
+    run_recipe(recipe.main, args)
+
+
+@app.command(context_settings=RECIPE_CONTEXT)
+def reczero(args: list[str] | None = RECIPE_ARGS) -> None:
+    """RecZero: rating prediction by pure RL on the four-step template (recipes/reczero.py)."""
+    from recipes import reczero as recipe
+
+    run_recipe(recipe.main, args)
+
+
+@app.command(context_settings=RECIPE_CONTEXT)
+def recone(args: list[str] | None = RECIPE_ARGS) -> None:
+    """RecOne: cold-start SFT on reasoning traces, then the RecZero RL stage (recipes/recone.py)."""
+    from recipes import recone as recipe
+
+    run_recipe(recipe.main, args)
+
+
+@app.command("make-traces", context_settings=RECIPE_CONTEXT)
+def make_traces(args: list[str] | None = RECIPE_ARGS) -> None:
+    """Reasoning traces from a local teacher model, with rationalisation (recipes/make_traces.py)."""
+    from recipes import make_traces as recipe
+
+    run_recipe(recipe.main, args)
+
+
+@app.command("recllm-r1", context_settings=RECIPE_CONTEXT)
+def recllm_r1(args: list[str] | None = RECIPE_ARGS) -> None:
+    """RecLLM-R1: SFT on next titles, then GRPO on K-title lists (recipes/recllm_r1.py)."""
+    from recipes import recllm_r1 as recipe
+
+    run_recipe(recipe.main, args)
+
+
 if __name__ == "__main__":
     app()

@@ -17,7 +17,8 @@ runner = CliRunner()
 def test_help_lists_the_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("fetch", "prepare", "evaluate"):
+    commands = ["fetch", "prepare", "evaluate", "train-recpo", "like-dislike", "reczero", "recone"]
+    for command in [*commands, "make-traces", "recllm-r1"]:
         assert command in result.output
 
 

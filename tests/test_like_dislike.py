@@ -29,8 +29,11 @@ CASES = [
     (STRICT.replace("Yes", "  DISLIKE "), False, 1.0, 1.0),
     # the format does not look at the answer's content: "Maybe" is well formed but unparseable
     (STRICT.replace("Yes", "Maybe"), None, 1.0, 1.0),
-    # a trailing period is "anything else": unparseable (the format still holds)
-    (STRICT.replace("Yes", "Yes."), None, 1.0, 1.0),
+    # trailing sentence punctuation is tolerated: "Yes." and "No!" are answers (the format still holds)
+    (STRICT.replace("Yes", "Yes."), True, 1.0, 1.0),
+    (STRICT.replace("Yes", "No!"), False, 1.0, 1.0),
+    # but a sentence is not: "Yes, probably" is unparseable
+    (STRICT.replace("Yes", "Yes, probably"), None, 1.0, 1.0),
     # extra text before the blocks: strict fails, soft holds, the answer still parses
     ("Sure! " + STRICT, True, 0.0, 1.0),
     # extra text between the blocks: strict fails, soft holds

@@ -145,6 +145,8 @@ def like_view(
 def parse_answer(text: str) -> bool | None:
     """True for Yes/Like, False for No/Dislike inside the single ``<answer>`` block, else None.
 
+    Case and surrounding whitespace are ignored, and so is trailing "." or "!"; any other text is None.
+
     Example:
         >>> parse_answer("<reasoning>\\nfans of heists\\n</reasoning>\\n<answer>\\n yes \\n</answer>")
         True
@@ -156,7 +158,7 @@ def parse_answer(text: str) -> bool | None:
     m = _ANSWER.search(text)
     if m is None:  # "</answer>" before "<answer>"
         return None
-    word = m.group(1).strip().lower()
+    word = m.group(1).strip().rstrip(".!").strip().lower()  # "Yes." is an answer; "Yes, but" is not
     return True if word in YES else False if word in NO else None
 
 

@@ -113,7 +113,7 @@ def evaluate(lm, tok, cat, eval_df, cfg: RecLLMR1Config, name: str, out: Path) -
 
 def _table(result: dict) -> str:
     cols = ("recall@10", "ndcg@10", "diversity", "novelty", "valid_title_rate", "well_formed")
-    lines = [f"{'':12}" + "".join(f"{c:>18}" for c in cols)]
+    lines = [f"{'':13}" + "".join(f"{c:>24}" for c in cols)]
     for name in ("baseline_pop", "before", "after_sft", "after"):
         s = result.get(name)
         if s is None:
@@ -122,7 +122,7 @@ def _table(result: dict) -> str:
         for c in cols:
             ci = s.get(f"{c}_ci95")
             cells.append(f"{s[c]:.4f} [{ci[0]:.3f},{ci[1]:.3f}]" if ci else f"{s[c]:.4f}")
-        lines.append(f"{name:12}" + "".join(f"{x:>18}" for x in cells))
+        lines.append(f"{name:13}" + "".join(f"{x:>24}" for x in cells))
     return "\n".join(lines)
 
 

@@ -1,6 +1,11 @@
 """RecLLM-R1 on MovieLens: SFT (history -> next title), then GRPO (history -> reasoning -> K titles).
 
-Launch: ``python -m recipes.recllm_r1 recipes/configs/recllm_r1_smollm2_ml100k.yaml [key=value ...]``.
+Launch: ``rrec recllm-r1 recipes/configs/recllm_r1_smollm2_ml100k.yaml [key=value ...]`` (one process), or
+``accelerate launch --config_file recipes/configs/accelerate_ddp.yaml -m recipes.recllm_r1 <config>
+[key=value ...]``: each of W processes takes B/W samples of every SFT and GRPO batch (a prompt's G
+completions stay together), gradients are averaged over processes (``rrec.grpo.grpo_update``; the SFT
+step: the mean of the W local token means), evaluation is sharded and gathered, process 0 writes the
+files; ``row_seeds=true`` makes the sampled completions independent of W.
 
 Flow: load the policy (``rrec.grpo.load_policy``, LoRA) -> evaluate (before) -> SFT stage (``sft_steps``
 batches of ``sft_batch_size`` training samples, cross-entropy of the next item's "Title (Year)" after the
@@ -17,8 +22,8 @@ Outputs in ``out_dir``: config.json, metrics.jsonl (one line per SFT and GRPO st
 after_sft, after, steps, wall_s, config}, final/ (the LoRA adapter and tokenizer).
 
 Departures from the paper (RecLLM-R1, Xie et al. 2025; no public code) are listed in
-``rrec/tasks/recllm_r1.py``; defaults without a paper source are marked "ours". One process, no
-checkpoints or resume (the runs are short); validated by the unit tests and short CPU runs only.
+``rrec/tasks/recllm_r1.py``; defaults without a paper source are marked "ours". No checkpoints or
+resume (the runs are short); validated by the unit tests and short CPU runs only.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from rrec import checkpoint, grpo, recpo, training
+from rrec import checkpoint, distributed, grpo, recpo, training
 from rrec.config import config_from_argv, to_dict
 from rrec.tasks import recllm_r1 as task
 
@@ -86,6 +91,7 @@ class RecLLMR1Config:
     eval_samples_per_user: int | None = 1
     eval_max_new_tokens: int = 256
     eval_batch_size: int = 16
+    row_seeds: bool = False  # one sampling seed per (step, sample, g): independent of the process count
     log_every: int = 1
 
 
@@ -99,14 +105,18 @@ def _prompts(tok, cat: task.Catalog, rows, cfg: RecLLMR1Config, stage: str) -> l
 
 
 def evaluate(lm, tok, cat, eval_df, cfg: RecLLMR1Config, name: str, out: Path) -> dict:
-    """Greedy completions of the GRPO prompt -> per-sample rows (eval_<name>.jsonl) -> summary."""
+    """Greedy completions of the GRPO prompt -> per-sample rows (eval_<name>.jsonl) -> summary.
+
+    The completions are generated in shards over processes and gathered; process 0 writes the rows."""
     texts = grpo.generate_texts(
         lm, tok, _prompts(tok, cat, eval_df, cfg, "grpo"), max_new_tokens=cfg.eval_max_new_tokens,
         batch_size=cfg.eval_batch_size, progress=True,
     )  # fmt: skip
     rows = task.score_completions(cat, texts, eval_df, k=10)
-    checkpoint.atomic_write_text(out / f"eval_{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     summary = task.summarise(rows, k=10, seed=cfg.seed)
+    if distributed.rank_and_world()[0] > 0:
+        return summary
+    checkpoint.atomic_write_text(out / f"eval_{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     print(f"eval {name}: " + " ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float)))
     return summary
 
@@ -135,9 +145,14 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     cfg = config_from_argv(RecLLMR1Config, argv)
     t0 = time.time()
+    device = grpo.init_processes(cfg.device)
+    rank, world = distributed.rank_and_world()
+    main_process = rank == 0
+    say = print if main_process else (lambda *a, **k: None)
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write_json(out / "config.json", to_dict(cfg))
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.atomic_write_json(out / "config.json", to_dict(cfg))
     torch.manual_seed(cfg.seed)
     if cfg.prepared:
         data = load_prepared(cfg.prepared)
@@ -149,26 +164,28 @@ def main(argv: list[str] | None = None) -> dict:
     cat = task.build_catalog(data.items, train, cfg.fuzzy_cutoff, cfg.strict_answer)
     eval_df = select_samples(data.splits[cfg.eval_split], cfg.eval_users, cfg.eval_samples_per_user, cfg.seed)
     lm, tok = grpo.load_policy(
-        cfg.model, dtype=cfg.dtype, device=cfg.device, lora=cfg.lora, lora_rank=cfg.lora_rank,
+        cfg.model, dtype=cfg.dtype, device=str(device), lora=cfg.lora, lora_rank=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha, gradient_checkpointing=cfg.gradient_checkpointing,
     )  # fmt: skip
     stop = grpo.stop_ids(tok)[0]
     pad = tok.pad_token_id if tok.pad_token_id is not None else stop
     params = training.trainable_parameters(lm)
+    distributed.broadcast_parameters(params)  # every process starts from process 0's weights
     log_lines: list[str] = []
     history: list[dict] = []
 
     def log(rec: dict) -> None:
         history.append(rec)
-        if rec["step"] % cfg.log_every == 0:
+        if main_process and rec["step"] % cfg.log_every == 0:
             log_lines.append(json.dumps(rec) + "\n")
             checkpoint.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
 
     baseline = task.score_lists(cat, task.popular_lists(cat, eval_df["history"], 10), eval_df, k=10)
     result: dict = {"baseline_pop": task.summarise(baseline, k=10, seed=cfg.seed)}
-    checkpoint.atomic_write_text(
-        out / "eval_baseline_pop.jsonl", "".join(json.dumps(r) + "\n" for r in baseline)
-    )
+    if main_process:
+        checkpoint.atomic_write_text(
+            out / "eval_baseline_pop.jsonl", "".join(json.dumps(r) + "\n" for r in baseline)
+        )
     result["before"] = evaluate(lm, tok, cat, eval_df, cfg, "before", out)
 
     # SFT stage: history -> the next item's "Title (Year)" + end-of-turn
@@ -176,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     opt = torch.optim.AdamW(params, lr=cfg.sft_lr, weight_decay=cfg.weight_decay)
     for step in range(cfg.sft_steps):
         t_step = time.time()
-        rows = next(sft_batches)
+        rows = next(sft_batches).iloc[distributed.batch_slice(cfg.sft_batch_size, rank, world)]
         prompts = _prompts(tok, cat, rows, cfg, "sft")
         targets = [
             [*tok.encode(task.sft_target(cat, t), add_special_tokens=False), stop] for t in rows["target"]
@@ -186,6 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not torch.isfinite(loss):
             raise FloatingPointError(f"SFT step {step + 1}: non-finite loss")
         loss.backward()
+        distributed.average_gradients(params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -193,13 +211,13 @@ def main(argv: list[str] | None = None) -> dict:
         rec = {
             "stage": "sft",
             "step": step + 1,
-            "sft/loss": float(loss.detach()),
+            "sft/loss": distributed.sum_over_processes(loss.detach()).item() / world,
             "sft/grad_norm": float(grad_norm),
             "sft/lr": cfg.sft_lr,
             "sft/step_s": time.time() - t_step,
         }
         log(rec)
-        print(f"sft {step + 1}/{cfg.sft_steps} loss {rec['sft/loss']:.4f} {rec['sft/step_s']:.1f}s")
+        say(f"sft {step + 1}/{cfg.sft_steps} loss {rec['sft/loss']:.4f} {rec['sft/step_s']:.1f}s")
     result["after_sft"] = evaluate(lm, tok, cat, eval_df, cfg, "after_sft", out) if cfg.sft_steps else None
 
     # GRPO stage
@@ -211,15 +229,15 @@ def main(argv: list[str] | None = None) -> dict:
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_constant_schedule_with_warmup(opt, cfg.warmup_steps)
     batches = training.sample_batches(train, B, cfg.seed + 1)
-    device = next(lm.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + rank)
     for step in range(cfg.steps):
         t_step = time.time()
-        rows = next(batches)
+        mine, seeds = grpo.local_rows(B, step, cfg.seed, G)  # this process's samples of the global batch
+        rows = next(batches).iloc[mine]
         roll = grpo.sample_completions(
             lm, tok, _prompts(tok, cat, rows, cfg, "grpo"), num_generations=G,
             max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_k=cfg.top_k,
-            top_p=cfg.top_p, generator=gen,
+            top_p=cfg.top_p, generator=gen, row_seeds=seeds if cfg.row_seeds else None,
         )  # fmt: skip
         cols = grpo.repeat_columns({"target": rows["target"].astype(str).tolist()}, G)
         parts = grpo.reward_matrix(funcs, roll.texts, cols)  # (B*G, F)
@@ -232,6 +250,9 @@ def main(argv: list[str] | None = None) -> dict:
             loss_type=cfg.loss_type, max_completion_length=cfg.max_completion_length, beta_kl=cfg.beta_kl,
             max_grad_norm=cfg.max_grad_norm,
         )  # fmt: skip
+        lengths = torch.stack([roll.completion_mask.sum(1).float(), roll.truncated.float()], 1).cpu()
+        per_row = distributed.gather_rows(torch.cat([rewards[:, None], parts, lengths], 1).to(device)).cpu()
+        rewards, parts, lengths = per_row[:, 0], per_row[:, 1:-2], per_row[:, -2:]  # every process's rows
         zero_std = (rewards.view(-1, G) == rewards.view(-1, G)[:, :1]).all(1).float().mean().item()
         rec = {
             "stage": "grpo",
@@ -245,27 +266,28 @@ def main(argv: list[str] | None = None) -> dict:
             "train/ratio_mean": st.ratio_mean,
             "train/kl": st.kl,
             "train/grad_norm": st.grad_norm,
-            "train/completion_len": roll.completion_mask.sum(1).float().mean().item(),
-            "train/truncated": roll.truncated.float().mean().item(),
+            "train/completion_len": lengths[:, 0].mean().item(),
+            "train/truncated": lengths[:, 1].mean().item(),
             "train/lr": lr,
             "train/step_s": time.time() - t_step,
         }
         log(rec)
-        print(
+        say(
             f"grpo {step + 1}/{cfg.steps} reward {rec['train/reward_mean']:.4f} "
             f"acc {rec['train/accuracy']:.4f} fmt {rec['train/format']:.2f} zero-std {zero_std:.2f} "
             f"len {rec['train/completion_len']:.0f} {rec['train/step_s']:.1f}s"
         )
     result["after"] = evaluate(lm, tok, cat, eval_df, cfg, "after", out)
 
-    with checkpoint.atomic_folder(out / "final") as tmp:
-        lm.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
     result.update({"steps": {"sft": cfg.sft_steps, "grpo": cfg.steps}, "wall_s": time.time() - t0,
                    "config": to_dict(cfg)})  # fmt: skip
-    checkpoint.atomic_write_json(out / "result.json", result)
-    print(_table(result))
-    print(f"wall {result['wall_s']:.0f}s -> {out}")
+    if main_process:
+        with checkpoint.atomic_folder(out / "final") as tmp:
+            lm.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+        checkpoint.atomic_write_json(out / "result.json", result)
+    say(_table(result))
+    say(f"wall {result['wall_s']:.0f}s -> {out}")
     result["history"] = history
     return result
 

@@ -27,6 +27,7 @@ the unit tests and short CPU runs only.
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -226,6 +227,7 @@ def rl_loop(
             "train/grad_norm": st.grad_norm,
             "train/lr": sched.get_last_lr()[0],
             "train/step_s": dt,
+            "train/peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         }
         history.append(rec)
         if (step + 1) % cfg.log_every == 0:

@@ -1,10 +1,11 @@
 """RecOne: cold-start SFT on reasoning traces, then RecZero's RL stage.
 
-Launch: ``python -m recipes.recone recipes/configs/recone_smollm2_ml100k.yaml traces=<traces.jsonl>
-[key=value ...]``; the traces come from ``python -m recipes.make_traces`` (or any JSONL with the fields
-``prompt`` (the user turn, as ``rrec.tasks.rating.user_prompt`` writes it), ``trace`` (the assistant's
-answer, which must itself follow the four-tag template, see ``rrec.tasks.rating.parse_rating``) and
-``rating``).
+Launch: ``rrec recone recipes/configs/recone_smollm2_ml100k.yaml traces=<traces.jsonl> [key=value ...]``
+(or under ``accelerate launch ... -m recipes.recone``, as RecZero: each process takes its share of every
+SFT and RL batch, gradients averaged, process 0 writes); the traces come from ``python -m
+recipes.make_traces`` (or any JSONL with the fields ``prompt`` (the user turn, as
+``rrec.tasks.rating.user_prompt`` writes it), ``trace`` (the assistant's answer, which must itself follow
+the four-tag template, see ``rrec.tasks.rating.parse_rating``) and ``rating``).
 
 Stages:
   1. SFT: ``sft_steps`` steps of ``rrec.grpo.sft_loss`` (cross-entropy on the trace tokens and the
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 
 from recipes import reczero
-from rrec import checkpoint, grpo, training
+from rrec import checkpoint, distributed, grpo, training
 from rrec.config import config_from_argv, to_dict
 from rrec.tasks import rating
 
@@ -82,28 +83,33 @@ def sft_stage(lm, tokenizer, traces: list[dict], cfg: RecOneConfig, log_lines: l
     system = rating.system_prompt(cfg.low, cfg.high)
     prompts = [grpo.chat_prompt(tokenizer, t["prompt"], system=system) for t in traces]
     targets = [tokenizer(t["trace"].strip(), add_special_tokens=False)["input_ids"] + [stop] for t in traces]
+    rank, world = distributed.rank_and_world()
     params = training.trainable_parameters(lm)
+    distributed.broadcast_parameters(params)
     opt = torch.optim.AdamW(params, lr=cfg.sft_lr, weight_decay=cfg.weight_decay)
     sched = get_constant_schedule_with_warmup(opt, cfg.sft_warmup_steps)
     rng = np.random.default_rng(cfg.seed)
     order: list[int] = []
     lm.train()
-    for step in tqdm(range(cfg.sft_steps), desc="sft", unit="step"):
+    for step in tqdm(range(cfg.sft_steps), desc="sft", unit="step", disable=rank > 0):
         t0 = time.time()
         while len(order) < cfg.sft_batch_size:  # reshuffle at each epoch's end
             order += rng.permutation(len(traces)).tolist()
         batch, order = order[: cfg.sft_batch_size], order[cfg.sft_batch_size :]
+        batch = batch[distributed.batch_slice(cfg.sft_batch_size, rank, world)]  # this process's share
         loss = grpo.sft_loss(lm, [prompts[i] for i in batch], [targets[i] for i in batch], pad)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"SFT step {step + 1}: non-finite loss")
         loss.backward()
+        distributed.average_gradients(params)  # the mean of the W local token means
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        rec = {"step": step + 1, "stage": "sft", "sft/loss": loss.item(), "sft/grad_norm": float(grad_norm),
+        mean_loss = distributed.sum_over_processes(loss.detach()).item() / world
+        rec = {"step": step + 1, "stage": "sft", "sft/loss": mean_loss, "sft/grad_norm": float(grad_norm),
                "sft/lr": sched.get_last_lr()[0], "sft/step_s": time.time() - t0}  # fmt: skip
-        if (step + 1) % cfg.log_every == 0:
+        if rank == 0 and (step + 1) % cfg.log_every == 0:
             log_lines.append(json.dumps(rec) + "\n")
             checkpoint.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
     lm.eval()
@@ -118,9 +124,13 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError("traces=<file.jsonl> is required (make one with python -m recipes.make_traces)")
     if cfg.beta_kl > 0 and not cfg.lora:
         raise ValueError("beta_kl > 0 needs lora=true (the KL reference is the adapter-disabled model)")
+    device = grpo.init_processes(cfg.device)
+    main_process = distributed.rank_and_world()[0] == 0
+    say = print if main_process else (lambda *a, **k: None)
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write_json(out / "config.json", to_dict(cfg))
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.atomic_write_json(out / "config.json", to_dict(cfg))
     torch.manual_seed(cfg.seed)
     traces = read_traces(cfg.traces, cfg.low, cfg.high)
     disagree = sum(
@@ -130,10 +140,10 @@ def main(argv: list[str] | None = None) -> dict:
     train, held = reczero.load_views(cfg)
     mean = rating.global_mean(train)
     lm, tok = grpo.load_policy(
-        cfg.model, dtype=cfg.dtype, device=cfg.device, lora=cfg.lora, lora_rank=cfg.lora_rank,
+        cfg.model, dtype=cfg.dtype, device=str(device), lora=cfg.lora, lora_rank=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha, gradient_checkpointing=cfg.gradient_checkpointing,
     )  # fmt: skip
-    print(f"{len(traces)} traces ({disagree} disagree with their rating), {len(held)} held-out samples")
+    say(f"{len(traces)} traces ({disagree} disagree with their rating), {len(held)} held-out samples")
     t0 = time.time()
     before, rows = reczero.evaluate(lm, tok, held, cfg, mean)
     reczero.write_rows(out / "eval_before.jsonl", rows)
@@ -153,8 +163,9 @@ def main(argv: list[str] | None = None) -> dict:
               "traces": len(traces), "traces_disagreeing": disagree, "sft_steps": cfg.sft_steps,
               "steps": cfg.steps, "global_mean": mean, "wall_s": time.time() - t0,
               "config": to_dict(cfg)}  # fmt: skip
-    checkpoint.atomic_write_json(out / "result.json", result)
-    print(reczero.table({"before": before, "after_sft": after_sft, "after": after, **base}))
+    if main_process:
+        checkpoint.atomic_write_json(out / "result.json", result)
+    say(reczero.table({"before": before, "after_sft": after_sft, "after": after, **base}))
     result["history"] = history
     return result
 

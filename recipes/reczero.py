@@ -1,8 +1,11 @@
 """RecZero: rating prediction learned by pure RL (GRPO) on the four-step "think before recommendation"
 template.
 
-Launch: ``python -m recipes.reczero recipes/configs/reczero_smollm2_ml100k.yaml [key=value ...]`` (one
-process; no multi-process path here).
+Launch: ``rrec reczero recipes/configs/reczero_smollm2_ml100k.yaml [key=value ...]`` (one process), or
+``accelerate launch --config_file recipes/configs/accelerate_ddp.yaml -m recipes.reczero <config>
+[key=value ...]``: each of W processes takes B/W samples with their G completions (groups stay local),
+``rrec.grpo.grpo_update`` averages gradients over processes, evaluation is sharded and gathered, process 0
+writes the files; ``row_seeds=true`` makes the sampled completions independent of W.
 
 Per step: B training samples -> the prompt (system turn with the template, user turn with the last H
 rated titles and the target, ``rrec.tasks.rating``) -> G sampled completions (ids kept, cut at the
@@ -36,7 +39,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from rrec import checkpoint, grpo, recpo, training
+from rrec import checkpoint, distributed, grpo, recpo, training
 from rrec.config import config_from_argv, to_dict
 from rrec.tasks import rating
 
@@ -84,6 +87,7 @@ class RecZeroConfig:
     eval_max_new_tokens: int = 512
     eval_batch_size: int = 16
     bootstrap_resamples: int = 1000
+    row_seeds: bool = False  # one sampling seed per (step, sample, g): independent of the process count
     log_every: int = 1
 
 
@@ -180,23 +184,27 @@ def rl_loop(
     if cfg.beta_kl > 0 and not hasattr(lm, "disable_adapter"):
         raise ValueError("beta_kl > 0 needs lora=true (the KL reference is the adapter-disabled model)")
     G, B = cfg.num_generations, cfg.batch_size
+    rank = distributed.rank_and_world()[0]
     params = training.trainable_parameters(lm)
+    distributed.broadcast_parameters(params)  # every process starts from process 0's (fresh) adapter
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_constant_schedule_with_warmup(opt, cfg.warmup_steps)
     funcs = rating.make_rewards(
         format_reward=cfg.format_reward, max_error=cfg.max_error, low=cfg.low, high=cfg.high
     )
     batches = training.sample_batches(train, B, cfg.seed)
-    gen = torch.Generator(device=next(lm.parameters()).device).manual_seed(cfg.seed)
+    device = next(lm.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + rank)
     history: list[dict] = []
-    bar = tqdm(range(cfg.steps), desc="rl", unit="step")
+    bar = tqdm(range(cfg.steps), desc="rl", unit="step", disable=rank > 0)
     for step in bar:
         t0 = time.time()
-        batch = next(batches)
+        mine, seeds = grpo.local_rows(B, step, cfg.seed, G)  # this process's samples of the global batch
+        batch = next(batches).iloc[mine]
         roll = grpo.sample_completions(
             lm, tokenizer, prompts_of(tokenizer, batch, cfg), num_generations=G,
             max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_k=cfg.top_k,
-            top_p=cfg.top_p, generator=gen,
+            top_p=cfg.top_p, generator=gen, row_seeds=seeds if cfg.row_seeds else None,
         )  # fmt: skip
         r = grpo.reward_matrix(
             funcs, roll.texts, grpo.repeat_columns({"rating": batch["rating"].tolist()}, G)
@@ -210,6 +218,11 @@ def rl_loop(
             max_completion_length=cfg.max_completion_length, beta_kl=cfg.beta_kl,
             max_grad_norm=cfg.max_grad_norm,
         )  # fmt: skip
+        flags = torch.tensor([[p is not None] for p in parsed], dtype=torch.float32)
+        lengths = torch.stack([roll.completion_mask.sum(1).float(), roll.truncated.float()], 1).cpu()
+        per_row = torch.cat([total[:, None], r, flags, lengths], 1)  # (B*G/W, 6)
+        per_row = distributed.gather_rows(per_row.to(device)).cpu()  # every process's rows, in order
+        total, r, flags, lengths = per_row[:, 0], per_row[:, 1:3], per_row[:, 3], per_row[:, 4:]
         dt = time.time() - t0
         rec = {
             "step": step + 1,
@@ -217,10 +230,10 @@ def rl_loop(
             "train/reward_std": total.std().item() if total.numel() > 1 else 0.0,
             "train/format_reward": r[:, 0].mean().item(),
             "train/answer_reward": r[:, 1].mean().item(),
-            "train/parse_rate": sum(p is not None for p in parsed) / len(parsed),
+            "train/parse_rate": flags.mean().item(),
             "train/zero_std_groups": (total.view(-1, G).std(1) == 0).float().mean().item() if G > 1 else 1.0,
-            "train/completion_len": roll.completion_mask.sum(1).float().mean().item(),
-            "train/truncated": roll.truncated.float().mean().item(),
+            "train/completion_len": lengths[:, 0].mean().item(),
+            "train/truncated": lengths[:, 1].mean().item(),
             "train/loss": st.loss,
             "train/kl": st.kl,
             "train/clip_fraction": st.clip_fraction,
@@ -230,7 +243,7 @@ def rl_loop(
             "train/peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         }
         history.append(rec)
-        if (step + 1) % cfg.log_every == 0:
+        if rank == 0 and (step + 1) % cfg.log_every == 0:
             log_lines.append(json.dumps(rec) + "\n")
             checkpoint.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
             bar.write(
@@ -244,9 +257,12 @@ def rl_loop(
 def save_final(lm, tokenizer, out: Path):
     """Merge the LoRA (if any) into the weights and save a plain HF folder to ``out/final``.
 
-    Returns the merged model (the input is not usable afterwards when it had an adapter)."""
+    Returns the merged model (the input is not usable afterwards when it had an adapter). Only process 0
+    writes."""
     if hasattr(lm, "merge_and_unload"):
         lm = lm.merge_and_unload()
+    if distributed.rank_and_world()[0] > 0:
+        return lm
     with checkpoint.atomic_folder(out / "final") as tmp:
         lm.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -254,23 +270,30 @@ def save_final(lm, tokenizer, out: Path):
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
+    """One JSON line per row; only process 0 writes."""
+    if distributed.rank_and_world()[0] > 0:
+        return
     checkpoint.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     cfg = config_from_argv(RecZeroConfig, argv)
+    device = grpo.init_processes(cfg.device)
+    main_process = distributed.rank_and_world()[0] == 0
+    say = print if main_process else (lambda *a, **k: None)
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write_json(out / "config.json", to_dict(cfg))
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.atomic_write_json(out / "config.json", to_dict(cfg))
     torch.manual_seed(cfg.seed)
     train, held = load_views(cfg)
     mean = rating.global_mean(train)
     lm, tok = grpo.load_policy(
-        cfg.model, dtype=cfg.dtype, device=cfg.device, lora=cfg.lora, lora_rank=cfg.lora_rank,
+        cfg.model, dtype=cfg.dtype, device=str(device), lora=cfg.lora, lora_rank=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha, gradient_checkpointing=cfg.gradient_checkpointing,
     )  # fmt: skip
-    print(
+    say(
         f"{len(train):,} training samples, {len(held)} held-out samples ({cfg.eval_split}); "
         f"global mean {mean:.3f}"
     )
@@ -284,8 +307,9 @@ def main(argv: list[str] | None = None) -> dict:
     save_final(lm, tok, out)
     result = {"before": before, "after": after, "baselines": base, "steps": cfg.steps, "global_mean": mean,
               "wall_s": time.time() - t0, "config": to_dict(cfg)}  # fmt: skip
-    checkpoint.atomic_write_json(out / "result.json", result)
-    print(table({"before": before, "after": after, **base}))
+    if main_process:
+        checkpoint.atomic_write_json(out / "result.json", result)
+    say(table({"before": before, "after": after, **base}))
     result["history"] = history
     return result
 

@@ -320,3 +320,31 @@ def test_recllm_r1_runs_on_two_processes(tmp_path, tokenizer):
     assert 1 <= log[1]["train/completion_len"] <= 6 and (tmp_path / "two" / "final").is_dir()
     result = json.loads((tmp_path / "two" / "result.json").read_text())
     assert result["after"]["samples"] == 3
+
+
+def test_recone_sft_then_rl_runs_on_two_processes(tmp_path, tokenizer):
+    """RecOne (its SFT stage, then RecZero's RL loop) on 2 gloo processes: each takes half of every
+    batch; the SFT loss logged is the mean of the two halves' and it goes down on the same 4 traces; process
+    0 alone writes the logs and the result; the gathered RL statistics cover the whole batch."""
+    from tests.recipe_fixtures import tiny_model_dir, tiny_prepared
+    from tests.test_rating_recipes import GOOD
+
+    traces = tmp_path / "traces.jsonl"
+    lines = [
+        {"prompt": f"Rate film {i}.", "trace": GOOD.format(i, 1 + i % 5), "rating": 1 + i % 5}
+        for i in range(4)
+    ]
+    traces.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    args = {"model": str(tiny_model_dir(tmp_path / "base", tokenizer)),
+            "prepared": str(tiny_prepared(tmp_path / "data")), "traces": str(traces), "sft_steps": 3,
+            "sft_batch_size": 4, "sft_lr": 1e-2, "steps": 1, "batch_size": 2, "num_generations": 2,
+            "max_completion_length": 6, "eval_samples": 3, "eval_max_new_tokens": 4, "row_seeds": True,
+            "bootstrap_resamples": 50, "warmup_steps": 0, "dtype": "float32"}  # fmt: skip
+    _launch_two("recipes.recone", args, tmp_path / "two")
+    log = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    sft = [r["sft/loss"] for r in log if r.get("stage") == "sft"]
+    assert len(sft) == 3 and sft[-1] < sft[0]
+    rl = [r for r in log if r.get("stage") != "sft"]
+    assert len(rl) == 1 and 1 <= rl[0]["train/completion_len"] <= 6
+    result = json.loads((tmp_path / "two" / "result.json").read_text())
+    assert result["after"]["n"] == 3 and (tmp_path / "two" / "final").is_dir()

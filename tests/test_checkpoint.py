@@ -84,16 +84,19 @@ def test_recpo_resume_equals_uninterrupted_run(tmp_path, tokenizer):
         assert torch.equal(p, q), n
 
 
-# A subprocess + signal test. It once exited non-zero in a full-suite run on a machine crowded by other
-# jobs (stderr was not captured then; the exit code and stderr are in the message now); 12 later runs, 8 of
-# them beside two busy-looping processes, all passed (~11 s quiet, ~45 s loaded).
+# A subprocess + signal test (~11 s quiet, ~45 s loaded). Its one known failure mode was the thread count
+# (see env below); 12 runs, 8 of them beside two busy-looping processes, passed with the counts equal.
 def test_sigterm_saves_and_exits_zero_then_resume_is_exact(tmp_path, tokenizer):
     args = _recpo_args(tmp_path, tokenizer, "killed", steps=1000, num_iterations=1)
     err = open(tmp_path / "stderr.log", "w")  # noqa: SIM115  (a file, not a pipe: a full pipe blocks the child)
     proc = subprocess.Popen(
         [sys.executable, "-m", "recipes.train_recpo", *args], cwd=REPO, stdout=subprocess.PIPE,
         stderr=err, text=True,
-        env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"},  # lines as printed
+        # lines as printed; the child computes with this process's thread count: an earlier test may have
+        # set torch's threads to 1 (train_baseline), and another count sums float32 in another order, which
+        # the z-scored advantages of near-equal rewards (group std ~5e-3) amplify to ~2e-4 of the loss
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
+             "OMP_NUM_THREADS": str(torch.get_num_threads())},
     )  # fmt: skip
     lines = []
     for line in proc.stdout:  # the first finished step, then the signal

@@ -106,6 +106,7 @@ class RecPOConfig:
     keep_checkpoints: int = 0  # 0 keeps all; n: the newest n (older ones removed after a new one is complete)
     resume_from: str = ""  # a checkpoint folder, or "latest" (the newest in out_dir; none: a fresh start)
     row_seeds: bool = False  # one sampling seed per (step, user, g): independent of the process count
+    rollout_engine: str = "hf"  # hf: the model's forward | static: rrec.engine (CUDA graphs on GPU)
     log_every: int = 1
     tensorboard: bool = True
 
@@ -206,6 +207,21 @@ def kept_log(path: Path, last_step: int) -> list[str]:
     return lines
 
 
+def rollout_engine(engine, model, cfg: RecPOConfig, prompt_len: int, rows: int):
+    """None for ``rollout_engine=hf``; else a ``StaticDecoder`` holding the current weights, rebuilt when
+    a batch needs more cache slots (sized in steps of 64: few rebuilds and CUDA-graph captures)."""
+    if cfg.rollout_engine == "hf":
+        return None
+    from rrec.engine import StaticDecoder
+
+    need = prompt_len + cfg.max_completion_length + 1
+    if engine is None or engine.max_len < need or engine.rows != rows:
+        size = -(-need // 64) * 64
+        return StaticDecoder(model.lm, rows=rows, max_len=size, cuda_graph=model.device.type == "cuda")
+    engine.load(model.lm)  # the LoRA deltas changed at the last optimiser step
+    return engine
+
+
 def main(argv: list[str] | None = None) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import DistributedType
@@ -267,6 +283,9 @@ def main(argv: list[str] | None = None) -> dict:
         checkpoint.set_rng_state(state.rng, gen)
 
     history: list[dict] = []
+    engine = None
+    if cfg.rollout_engine not in ("hf", "static"):
+        raise ValueError(f"rollout_engine must be 'hf' or 'static', got {cfg.rollout_engine!r}")
     with checkpoint.sigterm_flag() as sigterm:
         for step in range(start, cfg.steps):
             t_step = time.time()
@@ -288,11 +307,12 @@ def main(argv: list[str] | None = None) -> dict:
                 if cfg.row_seeds
                 else None
             )
+            engine = rollout_engine(engine, model, cfg, prompt_ids.shape[1], len(rows) * G)
             roll = generate_reasoning(  # 2. G reasonings per user, ids kept
                 model.lm, prompt_ids, prompt_mask, answer_id=model.answer_id, pad_id=model.pad_id,
                 eos_ids=[model.tokenizer.eos_token_id], max_new_tokens=cfg.max_completion_length,
                 num_generations=G, do_sample=True, temperature=cfg.temperature, top_k=cfg.top_k,
-                top_p=cfg.top_p, generator=gen, row_seeds=seeds,
+                top_p=cfg.top_p, generator=gen, row_seeds=seeds, engine=engine,
             )  # fmt: skip
             with torch.no_grad():  # 3. reward against the full table, history masked
                 scores = model.score(roll.user_states)  # (B/W*G, N)

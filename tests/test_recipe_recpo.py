@@ -68,3 +68,15 @@ def test_recpo_full_finetune_changes_all_params_and_clip_engages(tmp_path, token
         assert not torch.equal(p, start[n]), f"{n} did not change"
     # with mu = 2 the second epoch's ratio moves off 1 and the clip engages
     assert max(r["train/clip_fraction"] for r in result["history"]) > 0
+
+
+def test_recpo_static_engine_equals_the_hf_rollout(tmp_path, tokenizer):
+    # rollout_engine=static samples from the static-KV-cache decoder (rrec.engine, LoRA merged and
+    # refreshed after every step): the same logits up to float32 rounding, so the same tokens from the same
+    # generator, and the same losses; tolerance 1e-5 relative (the two paths sum in another order)
+    hf = train_recpo.main(_args(tmp_path, tokenizer, out_dir=tmp_path / "hf"))
+    st = train_recpo.main(_args(tmp_path, tokenizer, out_dir=tmp_path / "static", rollout_engine="static"))
+    for a, b in zip(hf["history"], st["history"], strict=True):
+        assert a["train/reasoning_len"] == b["train/reasoning_len"]
+        for key in ("train/loss", "train/reward_mean", "train/ndcg"):
+            assert abs(a[key] - b[key]) <= 1e-5 * max(1.0, abs(a[key])), (a["step"], key, a[key], b[key])

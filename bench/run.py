@@ -1,6 +1,6 @@
 """One benchmark run on the current machine -> bench/results/<device>-<date>.json and a BENCHMARKS.md table.
 
-    .venv/bin/python bench/run.py                   # GPU: SmolLM2-135M + random Qwen2-0.5B/1.5B shapes
+    .venv/bin/python bench/run.py --write BENCHMARKS.md  # GPU: SmolLM2-135M + random Qwen2-0.5B/1.5B
     .venv/bin/python bench/run.py --quick           # CPU smoke run: a tiny Llama, short lengths
 
 Measured, each after a warm-up, as medians of ``--repeats`` runs:
@@ -38,6 +38,7 @@ p.add_argument("--quick", action="store_true", help="tiny model, short lengths (
 p.add_argument("--repeats", type=int, default=3)
 p.add_argument("--models", default="smollm2,0p5b,1p5b")
 p.add_argument("--out", type=Path, default=Path("bench/results"))
+p.add_argument("--write", type=Path, default=None, help="markdown file to put the results table into")
 args = p.parse_args()
 dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
@@ -199,6 +200,41 @@ def recpo_step(name: str, out: dict, users: int, new_tokens: int) -> None:
         print(f"recpo {name}: {users * 4 / step_s:.2f} trajectories/s", flush=True)
 
 
+def markdown(out: dict, command: str) -> str:
+    """The run as a BENCHMARKS.md section: one row per measured key, the acceptance targets beside."""
+    targets = {"rollout_speedup_vs_hf_b64_smollm2": ">= 25", "rollout_speedup_vs_hf_b64_0p5b": ">= 25",
+               "item_encode_mfu_smollm2": ">= 0.25", "item_encode_mfu_0p5b": ">= 0.40",
+               "recommend_latency_b1_s_smollm2": "<= 0.15", "recommend_latency_b1_s_0p5b": "<= 0.25",
+               "recpo_speedup_vs_trl": ">= 5", "peak_mem_gib_1p5b": "<= 22"}  # fmt: skip
+    ceiling = out["matmul_ceiling_tflop_s"]
+    lines = [
+        f"## bench/run.py on {out['device']} ({out['date']}{', --quick' if out['quick'] else ''})", "",
+        f"- Command: `{command}`; torch {out['torch']}; matmul ceiling in the run: {ceiling:.3g} TFLOP/s.",
+        "", "| key | value | target |", "|---|---:|---|",
+    ]  # fmt: skip
+    for key, value in out.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                lines.append(f"| {key}.{sub} | {v:.4g} | |")
+        elif isinstance(value, float) or (value is None and key in targets):
+            shown = "not measured" if value is None else f"{value:.4g}"
+            lines.append(f"| {key} | {shown} | {targets.get(key, '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace the section with the same heading in ``path``, or append it."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    head = section.splitlines()[0]
+    if head in text:
+        start = text.index(head)
+        nxt = text.find("\n## ", start + len(head))
+        text = text[:start] + section + (text[nxt + 1 :] if nxt >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
 def main() -> None:
     from recipes.prepare import ensure_default
     from rrec.data import load_prepared
@@ -237,6 +273,11 @@ def main() -> None:
     path = args.out / f"{out['device'].replace(' ', '_')}-{out['date']}{'-quick' if QUICK else ''}.json"
     path.write_text(json.dumps(out, indent=1))
     print(f"wrote {path}")
+    if args.write:
+        import sys
+
+        write_section(args.write, markdown(out, " ".join([".venv/bin/python", *sys.argv])))
+        print(f"wrote {args.write}")
 
 
 if __name__ == "__main__":

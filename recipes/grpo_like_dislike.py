@@ -178,13 +178,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"method must be 'grpo' or 'sft', got {cfg.method!r}")
     if cfg.beta_kl > 0 and not cfg.lora:
         raise ValueError("beta_kl > 0 needs lora=true (the KL reference is the adapter-disabled model)")
-    device = grpo.init_processes(cfg.device)
-    rank, world = distributed.rank_and_world()
-    main_process = rank == 0
     out = Path(cfg.out_dir)
-    if main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        checkpoint.atomic_write_json(out / "config.json", to_dict(cfg))
+    device, main_process = distributed.start_run(out, to_dict(cfg), cfg.device)
+    rank, world = distributed.rank_and_world()
     torch.manual_seed(cfg.seed)
     train, held = load_views(cfg)
     lm, tok = grpo.load_policy(

@@ -145,14 +145,10 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     cfg = config_from_argv(RecLLMR1Config, argv)
     t0 = time.time()
-    device = grpo.init_processes(cfg.device)
-    rank, world = distributed.rank_and_world()
-    main_process = rank == 0
-    say = print if main_process else (lambda *a, **k: None)
     out = Path(cfg.out_dir)
-    if main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        checkpoint.atomic_write_json(out / "config.json", to_dict(cfg))
+    device, main_process = distributed.start_run(out, to_dict(cfg), cfg.device)
+    rank, world = distributed.rank_and_world()
+    say = print if main_process else (lambda *a, **k: None)
     torch.manual_seed(cfg.seed)
     if cfg.prepared:
         data = load_prepared(cfg.prepared)

@@ -124,13 +124,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError("traces=<file.jsonl> is required (make one with python -m recipes.make_traces)")
     if cfg.beta_kl > 0 and not cfg.lora:
         raise ValueError("beta_kl > 0 needs lora=true (the KL reference is the adapter-disabled model)")
-    device = grpo.init_processes(cfg.device)
-    main_process = distributed.rank_and_world()[0] == 0
-    say = print if main_process else (lambda *a, **k: None)
     out = Path(cfg.out_dir)
-    if main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        checkpoint.atomic_write_json(out / "config.json", to_dict(cfg))
+    device, main_process = distributed.start_run(out, to_dict(cfg), cfg.device)
+    say = print if main_process else (lambda *a, **k: None)
     torch.manual_seed(cfg.seed)
     traces = read_traces(cfg.traces, cfg.low, cfg.high)
     disagree = sum(

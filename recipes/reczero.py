@@ -279,13 +279,9 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     cfg = config_from_argv(RecZeroConfig, argv)
-    device = grpo.init_processes(cfg.device)
-    main_process = distributed.rank_and_world()[0] == 0
-    say = print if main_process else (lambda *a, **k: None)
     out = Path(cfg.out_dir)
-    if main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        checkpoint.atomic_write_json(out / "config.json", to_dict(cfg))
+    device, main_process = distributed.start_run(out, to_dict(cfg), cfg.device)
+    say = print if main_process else (lambda *a, **k: None)
     torch.manual_seed(cfg.seed)
     train, held = load_views(cfg)
     mean = rating.global_mean(train)

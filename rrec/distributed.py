@@ -19,6 +19,7 @@ that use it as a negative (a gather that only kept the local chunk's gradient wo
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -178,3 +179,21 @@ def broadcast_parameters(params: Iterable[torch.nn.Parameter]) -> None:
     with torch.no_grad():
         for p in params:
             dist.broadcast(p.data, src=0)
+
+
+def start_run(out_dir: str | Path, config: dict, device: str = "auto") -> tuple[torch.device, bool]:
+    """(this process's device, whether it is process 0) at the start of a recipe.
+
+    Under ``accelerate launch`` it joins the process group (accelerate's ``PartialState``); process 0
+    creates ``out_dir`` and writes ``config.json`` there (atomically). ``device`` other than auto wins.
+    """
+    from accelerate import PartialState
+
+    from rrec.checkpoint import atomic_write_json
+
+    state = PartialState()
+    main = rank_and_world()[0] == 0
+    if main:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(out_dir) / "config.json", config)
+    return (state.device if device == "auto" else torch.device(device)), main

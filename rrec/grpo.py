@@ -319,17 +319,6 @@ def generate_texts(
     return out
 
 
-def init_processes(device: str = "auto") -> torch.device:
-    """This process's device; under ``accelerate launch`` also joins the process group (accelerate's
-    ``PartialState``). One process without a launcher: nothing to join."""
-    from accelerate import PartialState
-
-    state = PartialState()
-    if device != "auto":
-        return torch.device(device)
-    return state.device
-
-
 def local_rows(batch_size: int, step: int, seed: int, group_size: int) -> tuple[slice, list[int]]:
     """(this process's rows of a global batch of B prompts, one sampling seed per completion row).
 

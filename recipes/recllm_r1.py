@@ -8,14 +8,15 @@ step: the mean of the W local token means), evaluation is sharded and gathered, 
 files; ``row_seeds=true`` makes the sampled completions independent of W.
 
 Flow: load the policy (``rrec.grpo.load_policy``, LoRA) -> evaluate (before) -> SFT stage (``sft_steps``
-batches of ``sft_batch_size`` training samples, cross-entropy of the next item's "Title (Year)" after the
-SFT prompt, ``grpo.sft_loss``; 0 skips it) -> evaluate (after SFT) -> GRPO stage (per step: B training
-samples, G completions each at ``temperature``, rewards accuracy / diversity / novelty / format from
-``rrec.tasks.recllm_r1.make_rewards`` summed with their weights, ``rrec.recpo.group_advantages``,
-``grpo.grpo_update``) -> evaluate (after). Evaluation: greedy completions of the GRPO prompt on a fixed
-subset of ``eval_split`` (``rrec.evaluation.select_samples``), Recall@10 / NDCG@10 of the target in the
-mapped list (95% bootstrap intervals over users), diversity, novelty, valid-title rate, well-formed
-rate; the most-popular baseline (top 10 training items outside the history) on the same samples.
+batches of ``sft_batch_size`` training samples, cross-entropy of the next item as a one-line list, "1.
+Title (Year)", after the same prompt as GRPO's, ``grpo.sft_loss``; 0 skips it) -> evaluate (after SFT) ->
+GRPO stage (per step: B training samples, G completions each at ``temperature``, rewards accuracy /
+diversity / novelty / format from ``rrec.tasks.recllm_r1.make_rewards`` summed with their weights,
+``rrec.recpo.group_advantages``, ``grpo.grpo_update``) -> evaluate (after). Evaluation: greedy completions
+of the GRPO prompt on a fixed subset of ``eval_split`` (``rrec.evaluation.select_samples``), Recall@10 /
+NDCG@10 of the target in the mapped list (95% bootstrap intervals over users), diversity, novelty,
+valid-title rate, well-formed rate; the most-popular baseline (top 10 training items outside the history)
+on the same samples.
 
 Outputs in ``out_dir``: config.json, metrics.jsonl (one line per SFT and GRPO step), eval_<stage>.jsonl
 (one line per eval sample: mapped items, metrics, completion), result.json {baseline_pop, before,
@@ -95,11 +96,11 @@ class RecLLMR1Config:
     log_every: int = 1
 
 
-def _prompts(tok, cat: task.Catalog, rows, cfg: RecLLMR1Config, stage: str) -> list[list[int]]:
+def _prompts(tok, cat: task.Catalog, rows, cfg: RecLLMR1Config) -> list[list[int]]:
+    """The list prompt (history -> reasoning -> K titles) of each row; SFT, GRPO and evaluation share it."""
     out = []
     for h in rows["history"]:
-        titles = task.history_titles(cat, h, cfg.max_history)
-        text = task.sft_prompt(titles) if stage == "sft" else task.grpo_prompt(titles, cfg.k)
+        text = task.grpo_prompt(task.history_titles(cat, h, cfg.max_history), cfg.k)
         out.append(grpo.chat_prompt(tok, text, system=task.SYSTEM))
     return out
 
@@ -109,7 +110,7 @@ def evaluate(lm, tok, cat, eval_df, cfg: RecLLMR1Config, name: str, out: Path) -
 
     The completions are generated in shards over processes and gathered; process 0 writes the rows."""
     texts = grpo.generate_texts(
-        lm, tok, _prompts(tok, cat, eval_df, cfg, "grpo"), max_new_tokens=cfg.eval_max_new_tokens,
+        lm, tok, _prompts(tok, cat, eval_df, cfg), max_new_tokens=cfg.eval_max_new_tokens,
         batch_size=cfg.eval_batch_size, progress=True,
     )  # fmt: skip
     rows = task.score_completions(cat, texts, eval_df, k=10)
@@ -184,13 +185,13 @@ def main(argv: list[str] | None = None) -> dict:
         )
     result["before"] = evaluate(lm, tok, cat, eval_df, cfg, "before", out)
 
-    # SFT stage: history -> the next item's "Title (Year)" + end-of-turn
+    # SFT stage: the list prompt -> "1. <next item's Title (Year)>" + end-of-turn
     sft_batches = training.sample_batches(train, cfg.sft_batch_size, cfg.seed)
     opt = torch.optim.AdamW(params, lr=cfg.sft_lr, weight_decay=cfg.weight_decay)
     for step in range(cfg.sft_steps):
         t_step = time.time()
         rows = next(sft_batches).iloc[distributed.batch_slice(cfg.sft_batch_size, rank, world)]
-        prompts = _prompts(tok, cat, rows, cfg, "sft")
+        prompts = _prompts(tok, cat, rows, cfg)
         targets = [
             [*tok.encode(task.sft_target(cat, t), add_special_tokens=False), stop] for t in rows["target"]
         ]
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
         mine, seeds = grpo.local_rows(B, step, cfg.seed, G)  # this process's samples of the global batch
         rows = next(batches).iloc[mine]
         roll = grpo.sample_completions(
-            lm, tok, _prompts(tok, cat, rows, cfg, "grpo"), num_generations=G,
+            lm, tok, _prompts(tok, cat, rows, cfg), num_generations=G,
             max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_k=cfg.top_k,
             top_p=cfg.top_p, generator=gen, row_seeds=seeds if cfg.row_seeds else None,
         )  # fmt: skip

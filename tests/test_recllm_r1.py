@@ -294,3 +294,11 @@ def test_unknown_config_key_is_an_error(tmp_path):
 
     with pytest.raises(ConfigError):
         recllm_r1.main([f"out_dir={tmp_path}", "no_such_key=1"])
+
+
+def test_sft_target_is_a_one_line_list_the_parser_reads_back(cat):
+    # the SFT stage teaches the list prompt's answer shape: "1. Title (Year)" of the next item, which the
+    # GRPO reward's parser (no tags: numbered lines) maps back to that item
+    target = task.sft_target(cat, "2")
+    assert target.startswith("1. ") and "Usual Suspects" in target
+    assert cat.index.map_completion(target, 10, False).items == ["2"]

@@ -28,16 +28,19 @@ with :math:`g_i` the genre set of item i (two empty sets have Jaccard similarity
 catalog's largest. ILD is 0 for lists with fewer than 2 items (no list, no diversity: a one-title answer
 must not score as maximally diverse); novelty is 0 for an empty list. Recall@K = 1[t in L[:K]].
 
-Where we depart from the paper (RecLLM-R1, Xie et al. 2025), whose code is not public: the reward is
-the weighted sum w_acc NDCG@K + w_div ILD + w_nov Nov + w_format 1[well formed]; the paper describes an
+Where we depart from the paper (RecLLM-R1, Xie et al. 2025), whose code is not public: the reward is the
+weighted sum w_acc NDCG@K + w_div ILD + w_nov Nov + w_format 1[well formed]; the paper describes an
 accuracy/diversity/novelty reward but we know no published weights or exact definitions, so the
 definitions above and the default weights (1, 0.2, 0.2, 0.1, recipe config) are ours. The format term is
-our addition: SmolLM2-135M-Instruct, asked for the tags, writes a bare numbered list (measured on 16
-test users: no tags at all), and only this term rewards the requested format. Without an ``<answer>``
-tag the numbered lines are read as the list (``strict_answer=False``, the default; ``title_match``). The
-SFT target is the next item's "Title (Year)" alone (no reasoning: we have no reasoning traces to
-imitate). History items in the list are kept: they take a slot and cannot be the target. Not validated
-beyond unit tests and short CPU runs.
+our addition: SmolLM2-135M-Instruct, asked for the tags, writes a bare numbered list (measured on 16 test
+users: no tags at all), and only this term rewards the requested format. Without an ``<answer>`` tag the
+numbered lines are read as the list (``strict_answer=False``, the default; ``title_match``). The SFT stage
+answers the same list prompt as GRPO with a one-line list, "1. Title (Year)" of the next item (no
+reasoning: we have no reasoning traces to imitate). An earlier version asked a separate "which movie
+next?" question with the bare title as target: after 80 SFT steps SmolLM2 answered the list prompt with
+one invented bare title, no line of which the list parser reads, so every GRPO reward was 0
+(docs/results.md). History items in the list are kept: they take a slot and cannot be the target. Not
+validated beyond unit tests and short CPU runs.
 """
 
 from __future__ import annotations
@@ -115,18 +118,9 @@ def _numbered(titles: Sequence[str]) -> str:
     return "\n".join(f"{n}. {t}" for n, t in enumerate(titles, 1))
 
 
-def sft_prompt(titles: Sequence[str]) -> str:
-    """SFT user turn: the history (most recent last) -> the title of the next movie."""
-    return (
-        "A user watched these movies, in order (most recent last):\n"
-        f"{_numbered(titles)}\n\n"
-        "Which movie will the user watch next? Answer with its title and year only, as: Title (Year)"
-    )
-
-
 def sft_target(cat: Catalog, target) -> str:
-    """The SFT answer: the next item's "Title (Year)"."""
-    return cat.titles[str(target)]
+    """The SFT answer to the list prompt: a one-line numbered list, the next item's "1. Title (Year)"."""
+    return f"1. {cat.titles[str(target)]}"
 
 
 def grpo_prompt(titles: Sequence[str], k: int) -> str:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from rrec import distributed, recpo
 from rrec.rollout import generate_reasoning, left_pad
-from rrec.training import policy_forward
+from rrec.training import loss_normalisation, policy_forward, rollout_seeds
 
 RewardFunc = Callable[..., list[float]]
 
@@ -208,8 +208,6 @@ def grpo_update(
     Returns the statistics of the last iteration (``loss``, ``clip_fraction``, ``ratio_mean`` and ``kl``
     averaged over processes).
     """
-    from rrec.training import loss_normalisation
-
     _, world = distributed.rank_and_world()
     n_tok_local = roll.completion_mask.sum().float()
     n_tok = float(distributed.sum_over_processes(n_tok_local))
@@ -325,8 +323,6 @@ def local_rows(batch_size: int, step: int, seed: int, group_size: int) -> tuple[
     The seeds depend on (seed, step, the prompt's index in the global batch, g) only
     (``rrec.training.rollout_seeds``), so W processes x B/W prompts sample what one process x B does.
     """
-    from rrec.training import rollout_seeds
-
     rank, world = distributed.rank_and_world()
     mine = distributed.batch_slice(batch_size, rank, world)
     return mine, rollout_seeds(seed, step, range(mine.start, mine.stop), group_size)

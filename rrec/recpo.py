@@ -243,10 +243,8 @@ def recpo_loss(
         advantages: (B*G,) group-relative advantages.
         completion_mask: (B*G, T) 1 on reasoning tokens.
         item_logps, old_item_logps: (B*G,) log-prob of the target under the in-batch softmax.
-        loss_type: ``grpo`` (mean over each sequence's tokens, then over sequences), ``bnpo`` (mean over
-            all tokens in the batch), ``dr_grpo`` (sum / (rows * max_completion_length)), ``dapo`` (sum /
-            ``num_items_in_batch``, the token count of the global batch; defaults to this batch's).
-        ref_logps: (B*G, T) reference log-probs, needed when ``beta_kl > 0``.
+        loss_type, max_completion_length, num_items_in_batch, beta_kl, ref_logps: as in
+            :func:`policy_loss`, which computes the reasoning-token term.
     """
     eps_high = epsilon if epsilon_high is None else epsilon_high
     policy, pst = policy_loss(

@@ -15,12 +15,16 @@ from the attention mask, padded keys never attended to.
 Letters: n rows, P prompt tokens, L = max_len cache slots, H query heads, K key/value heads, E head
 dim, D hidden.
 
-Status: the static cache is tested on CPU; the CUDA-graph replay (``cuda_graph=True``) is written for
-GPUs and covered by a ``gpu`` test only, which has not run yet (no GPU was lent to the session that wrote
-it), so nothing uses it by default.
+CUDA graphs: the first decode step of an engine is run both eagerly and through the freshly captured
+graph; when the two hidden states differ by more than a dtype tolerance (``GRAPH_RTOL``), the engine
+warns (``GraphMismatchWarning``) and decodes eagerly from then on, so a wrong capture costs speed, never
+results. Status: the static cache is tested on CPU, the check's fallback on CPU through a stand-in
+graph; the real capture runs only on CUDA (``gpu`` tests), which no session of this project has had yet.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +33,13 @@ from torch import Tensor, nn
 from rrec.backbone import position_ids_from_mask
 
 SUPPORTED = ("llama", "mistral", "qwen2")
+# relative L2 error allowed between the graph's and the eager first step (the graph attends over all
+# max_len slots with a mask, eager over the filled ones only: same math, other reduction lengths)
+GRAPH_RTOL = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 2e-2}
+
+
+class GraphMismatchWarning(UserWarning):
+    """The CUDA-graph decode step disagreed with the eager one; the engine decodes eagerly instead."""
 
 
 def _base(lm: nn.Module) -> nn.Module:
@@ -80,7 +91,17 @@ class StaticDecoder:
     place: a captured graph stays valid).
     """
 
-    def __init__(self, lm: nn.Module, rows: int, max_len: int, *, cuda_graph: bool = False):
+    def __init__(
+        self,
+        lm: nn.Module,
+        rows: int,
+        max_len: int,
+        *,
+        cuda_graph: bool = False,
+        share_weights: StaticDecoder | None = None,
+    ):
+        """``share_weights``: another engine of the same model whose weight snapshot this one uses (one
+        merged copy for several batch shapes; ``load`` on either refreshes both)."""
         why = supported(lm)
         if why is not None:
             raise ValueError(f"the static decoder cannot run this model: {why}")
@@ -108,7 +129,10 @@ class StaticDecoder:
         self.valid = torch.zeros(rows, max_len, dtype=torch.bool, device=self.device)  # (n, L) keys
         self.length = 0  # filled slots
         self.weights: dict[str, Tensor | None] = {}
-        self.load(lm)
+        if share_weights is not None:
+            self.weights, self.n_layers = share_weights.weights, share_weights.n_layers
+        else:
+            self.load(lm)
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
         self._graph = None
         self._io: dict[str, Tensor] = {}
@@ -217,8 +241,25 @@ class StaticDecoder:
         slot = self.length
         self.valid[:, slot] = valid
         self.length += 1
-        if self.cuda_graph:
+        if not self.cuda_graph:
+            return self._eager(tokens, positions, slot)
+        if self._graph is not None:
             return self._replay(tokens, positions, slot).clone()
+        ref = self._eager(tokens, positions, slot)  # the check: same step, eagerly (writes the same K/V)
+        got = self._replay(tokens, positions, slot).clone()  # captures, then replays
+        err = ((got.float() - ref.float()).norm(dim=-1) / ref.float().norm(dim=-1).clamp_min(1e-6)).max()
+        if not bool(err <= GRAPH_RTOL.get(self.dtype, 2e-2)):
+            warnings.warn(
+                f"CUDA-graph decode differs from eager decode (relative error {float(err):.3g}): "
+                "decoding eagerly instead",
+                GraphMismatchWarning,
+                stacklevel=2,
+            )
+            self.cuda_graph, self._graph = False, None
+            return ref
+        return got
+
+    def _eager(self, tokens: Tensor, positions: Tensor, slot: int) -> Tensor:
         # the new token always sees itself, like HF's mask (its own key is valid for the query)
         mask = self.valid[:, : slot + 1].clone()
         mask[:, slot] = True

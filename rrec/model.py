@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from item_index import ItemIndex
 from rrec import backbone
+from rrec.decoding import DecoderPool, check_engine, use_static
 from rrec.items import catalog_records, check_update, encode_token_lists, tokenize_prompts
 from rrec.persistence import CONFIG_NAME  # noqa: F401  (re-exported)
 from rrec.prompts import (
@@ -82,6 +83,8 @@ class ReasoningRecommender(nn.Module):
         similarity: ``"cosine"`` (default, R²ec) or ``"dot"``.
         temperature: score divisor (R²ec official code: 0.02).
         max_new_tokens: reasoning budget for ``recommend`` (``<answer>`` included).
+        rollout_engine: the decoder that writes reasonings, ``"auto"`` (static KV cache + CUDA graphs on
+            a GPU, the HF forward on CPU), ``"static"`` or ``"hf"`` (``rrec.decoding``). Not saved.
     """
 
     def __init__(
@@ -96,8 +99,11 @@ class ReasoningRecommender(nn.Module):
         max_new_tokens: int = 128,
         max_history: int = 20,
         style: PromptStyle = PromptStyle(),
+        rollout_engine: str = "auto",
     ) -> None:
         super().__init__()
+        self.rollout_engine = check_engine(rollout_engine)
+        self._decoders = DecoderPool()
         if similarity not in ("cosine", "dot"):
             raise ValueError(f"similarity must be 'cosine' or 'dot', got {similarity!r}")
         if temperature <= 0:
@@ -309,13 +315,16 @@ class ReasoningRecommender(nn.Module):
         *,
         do_sample: bool = False,
         temperature: float = 1.0,
+        engine: str | None = None,
     ) -> tuple[Tensor, list[str], list[bool]]:
         """Write the reasoning for each history and read the user state at ``<answer>``.
 
         Returns ((B, D) float32 user states, reasoning texts, whether ``<answer>`` was forced). Histories
         longer than ``max_history`` keep their most recent items, with one ``HistoryTruncatedWarning``
-        per call. ``max_new_tokens`` (default: the config's) must be >= 1.
+        per call. ``max_new_tokens`` (default: the config's) must be >= 1. ``engine`` overrides
+        ``rollout_engine`` for this call.
         """
+        engine = check_engine(self.rollout_engine if engine is None else engine)
         if isinstance(histories, str | bytes) or len(histories) == 0:
             raise ValueError(f"histories must be a non-empty list of histories, got {histories!r:.60}")
         times = list(target_times) if target_times is not None else [None] * len(histories)
@@ -332,6 +341,9 @@ class ReasoningRecommender(nn.Module):
         if not reasoning:
             return self.user_states(prompt_ids, prompt_mask), [""] * len(ids), [False] * len(ids)
         eos = self.tokenizer.eos_token_id
+        decoder = None
+        if use_static(engine, self.lm, self.device):
+            decoder = self._decoders.get(self.lm, len(ids), prompt_ids.shape[1] + budget + 1)
         roll = generate_reasoning(
             self.lm,
             prompt_ids,
@@ -342,6 +354,7 @@ class ReasoningRecommender(nn.Module):
             max_new_tokens=budget,
             do_sample=do_sample,
             temperature=temperature,
+            engine=decoder,
         )
         texts = self.decode_completions(roll.completion_ids, roll.completion_mask)
         return roll.user_states, texts, roll.forced.tolist()
@@ -369,6 +382,7 @@ class ReasoningRecommender(nn.Module):
         target_times: Sequence[float | None] | None = None,
         do_sample: bool = False,
         temperature: float = 1.0,
+        engine: str | None = None,
     ) -> list[Recommendation]:
         """Greedy (default) reasoning for each history, then the top-``k`` items by ``score``.
 
@@ -380,6 +394,7 @@ class ReasoningRecommender(nn.Module):
                 ``max_history`` the oldest entries are cut with a ``HistoryTruncatedWarning``.
             k: K >= 1. Fewer items come back when fewer than K are left after exclusion.
             exclude_history: leave the history's items (all of them, also those cut) out of the ranking.
+            engine: the decoder for this call (default: ``rollout_engine``; see ``rrec.decoding``).
 
         A reasoning that never writes ``<answer>`` is cut at ``max_new_tokens`` with ``<answer>`` forced:
         the items still come back, with ``forced_answer=True``. The item table is checked (built, not
@@ -390,8 +405,9 @@ class ReasoningRecommender(nn.Module):
             return []
         self.item_table()
         states, texts, forced = self.reason(
-            histories, target_times, reasoning, max_new_tokens, do_sample=do_sample, temperature=temperature
-        )
+            histories, target_times, reasoning, max_new_tokens,
+            do_sample=do_sample, temperature=temperature, engine=engine,
+        )  # fmt: skip
         scores = self.score(states)  # (B, N), all finite
         all_ids = self.item_ids
         if exclude_history:

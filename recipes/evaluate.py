@@ -71,6 +71,7 @@ class Config:
     max_new_tokens: int = 128  # reasoning budget, <answer> included (forced when it runs out)
     dtype: str = "auto"  # LLM compute dtype: auto (rrec.backbone.default_dtype) | bfloat16 | float32
     device: str = "auto"  # auto: cuda if available, else cpu
+    rollout_engine: str = "auto"  # reasoning decoder: auto (static + CUDA graphs on GPU) | static | hf
     item_batch_size: int = 64
     top_k: int = 20  # ids kept per row of per_user.jsonl
     num_threads: int | None = None  # torch.set_num_threads; None: torch's default
@@ -187,8 +188,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             model_path = assets.fetch_model()
         t0 = time.perf_counter()
         scorer = ReasoningRecommender.from_pretrained(
-            model_path, dtype=dtype, device=device, catalog=data.items, max_new_tokens=cfg.max_new_tokens
-        )
+            model_path, dtype=dtype, device=device, catalog=data.items, max_new_tokens=cfg.max_new_tokens,
+            rollout_engine=cfg.rollout_engine,
+        )  # fmt: skip
         times["load_s"] = time.perf_counter() - t0
         n_params = sum(p.numel() for p in scorer.lm.parameters())
         print(f"model {model_path} ({n_params / 1e6:.1f}M parameters, {dtype}, {device})", flush=True)

@@ -146,3 +146,15 @@ def test_yaml_then_overrides_and_errors(tmp_path, prepared_dir):
         evaluate.main(["method=sasrec", f"prepared={prepared_dir}"])
     with pytest.raises(ConfigError, match="split 'dev' not in"):
         evaluate.main(["method=pop", "split=dev", f"prepared={prepared_dir}", f"out_dir={tmp_path / 'o'}"])
+
+
+def test_static_decoder_gives_the_same_ranks_as_hf(tmp_path, prepared_dir, model_dir):
+    # rollout_engine=static writes the reasonings with rrec.engine (what "auto" picks on a GPU): greedy,
+    # so the same tokens and, up to float32 rounding, the same states; ranks and reasonings equal
+    common = (f"model={model_dir}", "max_new_tokens=5", "batch_size=3", "dtype=float32")
+    _, hf = run(tmp_path / "hf", prepared_dir, *common, "rollout_engine=hf")
+    _, st = run(tmp_path / "st", prepared_dir, *common, "rollout_engine=static")
+    assert [r["rank"] for r in hf] == [r["rank"] for r in st]
+    assert [r["reasoning"] for r in hf] == [r["reasoning"] for r in st]
+    with pytest.raises(ValueError, match="engine must be one of"):
+        run(tmp_path / "bad", prepared_dir, *common, "rollout_engine=vllm")

@@ -190,3 +190,13 @@ def trainable_parameters(lm: nn.Module) -> list[nn.Parameter]:
     if not params:
         raise ValueError("the model has no trainable parameters")
     return params
+
+
+def out_of_time(started: float, max_minutes: float | None, device: torch.device) -> bool:
+    """True on every process once any process has trained ``max_minutes`` since ``started``
+    (``time.time()``); never with ``max_minutes=None``. Checked after a step: at least one step runs."""
+    import time
+
+    if max_minutes is None:
+        return False
+    return distributed.any_process(time.time() - started >= max_minutes * 60, device)

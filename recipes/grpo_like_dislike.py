@@ -47,7 +47,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from rrec import checkpoint, distributed, grpo, recpo, training
+from rrec import atomic_files, distributed, grpo, recpo, text_rollout, training
 from rrec.config import config_from_argv, to_dict
 from rrec.tasks import like_dislike as ld
 
@@ -117,7 +117,7 @@ def load_views(cfg: LikeDislikeConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
 def prompts_of(tokenizer, rows: pd.DataFrame) -> list[list[int]]:
     """Chat-prompt ids of view rows."""
     return [
-        grpo.chat_prompt(tokenizer, ld.user_prompt(t, liked, target), system=ld.SYSTEM_PROMPT)
+        text_rollout.chat_prompt(tokenizer, ld.user_prompt(t, liked, target), system=ld.SYSTEM_PROMPT)
         for t, liked, target in zip(
             rows["history_titles"], rows["history_liked"], rows["target_title"], strict=True
         )
@@ -126,7 +126,7 @@ def prompts_of(tokenizer, rows: pd.DataFrame) -> list[list[int]]:
 
 def evaluate(lm, tokenizer, held: pd.DataFrame, cfg: LikeDislikeConfig) -> tuple[dict, list[dict]]:
     """Greedy answers on the held-out rows -> (metrics, one row per sample)."""
-    texts = grpo.generate_texts(
+    texts = text_rollout.generate_texts(
         lm, tokenizer, prompts_of(tokenizer, held), max_new_tokens=cfg.eval_max_new_tokens,
         batch_size=cfg.eval_batch_size, progress=True,
     )  # fmt: skip
@@ -147,7 +147,7 @@ def evaluate(lm, tokenizer, held: pd.DataFrame, cfg: LikeDislikeConfig) -> tuple
 
 def sft_targets(tokenizer, labels: list[bool]) -> list[list[int]]:
     """Token ids of ``<answer>\\nYes\\n</answer>`` (or No) followed by the end-of-turn token."""
-    stop = grpo.stop_ids(tokenizer)[0]
+    stop = text_rollout.stop_ids(tokenizer)[0]
     texts = [f"<answer>\n{'Yes' if y else 'No'}\n</answer>" for y in labels]
     return [tokenizer(t, add_special_tokens=False)["input_ids"] + [stop] for t in texts]
 
@@ -165,7 +165,7 @@ def table(before: dict, after: dict) -> str:
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
-    checkpoint.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_files.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     rank, world = distributed.rank_and_world()
     torch.manual_seed(cfg.seed)
     train, held = load_views(cfg)
-    lm, tok = grpo.load_policy(
+    lm, tok = text_rollout.load_policy(
         cfg.model, dtype=cfg.dtype, device=str(device), lora=cfg.lora, lora_rank=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha, gradient_checkpointing=cfg.gradient_checkpointing,
     )  # fmt: skip
@@ -212,12 +212,12 @@ def main(argv: list[str] | None = None) -> dict:
     bar = tqdm(range(cfg.steps), desc=cfg.method, unit="step", disable=not main_process)
     for step in bar:
         t_step = time.time()
-        mine, seeds = grpo.local_rows(B, step, cfg.seed, G)  # this process's prompts of the global batch
+        mine, seeds = text_rollout.local_rows(B, step, cfg.seed, G)  # this process's rows of the global batch
         batch = next(batches).iloc[mine]
         prompts = prompts_of(tok, batch)
         labels = [bool(y) for y in batch["label"]]
         if cfg.method == "grpo":
-            roll = grpo.sample_completions(
+            roll = text_rollout.sample_completions(
                 lm, tok, prompts, num_generations=G, max_new_tokens=cfg.max_completion_length,
                 temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=gen,
                 row_seeds=seeds if cfg.row_seeds else None,
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
         history.append(rec)
         if main_process and (step + 1) % cfg.log_every == 0:
             log_lines.append(json.dumps(rec) + "\n")
-            checkpoint.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
+            atomic_files.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
             if cfg.method == "grpo":
                 bar.write(
                     f"step {step + 1}/{cfg.steps} reward {rec['train/reward_mean']:.3f} "
@@ -293,10 +293,10 @@ def main(argv: list[str] | None = None) -> dict:
         write_rows(out / "eval_after.jsonl", after_rows)
         if hasattr(lm, "merge_and_unload"):  # a plain HF folder that model= accepts
             lm = lm.merge_and_unload()
-        with checkpoint.atomic_folder(out / "final") as tmp:
+        with atomic_files.atomic_folder(out / "final") as tmp:
             lm.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-        checkpoint.atomic_write_json(out / "result.json", result)
+        atomic_files.atomic_write_json(out / "result.json", result)
     say(table(before, after))
     say(f"wall time (eval before + {cfg.steps} {cfg.method} steps + eval after): {wall:.0f}s")
     result["history"] = history

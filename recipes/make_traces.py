@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from rrec import checkpoint, grpo
+from rrec import atomic_files, text_rollout
 from rrec.config import config_from_argv, to_dict
 from rrec.tasks import rating
 
@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cfg = config_from_argv(MakeTracesConfig, argv)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write_json(out / "config.json", to_dict(cfg))
+    atomic_files.atomic_write_json(out / "config.json", to_dict(cfg))
     if cfg.amazon_reviews:
         data = rating.load_amazon2023_rating(cfg.amazon_reviews, cfg.amazon_meta, max_history=cfg.history)
     else:
@@ -157,24 +157,24 @@ def main(argv: Sequence[str] | None = None) -> dict:
     rows = rating.rating_view(data.splits[cfg.split], data.items, history=cfg.history)
     if cfg.num_samples is not None and cfg.num_samples < len(rows):
         rows = rows.sample(n=cfg.num_samples, random_state=cfg.seed).sort_index().reset_index(drop=True)
-    lm, tok = grpo.load_policy(cfg.teacher, dtype=cfg.dtype, device=cfg.device, lora=False)
+    lm, tok = text_rollout.load_policy(cfg.teacher, dtype=cfg.dtype, device=cfg.device, lora=False)
     # load_policy keeps float32 without LoRA (for training); a teacher only generates
     lm = lm.to(parse_dtype(cfg.dtype, next(lm.parameters()).device.type))
     system = rating.system_prompt(cfg.low, cfg.high)
     gen = torch.Generator(device=next(lm.parameters()).device).manual_seed(cfg.seed)
 
     def generate(users: list[str]) -> list[str]:
-        prompts = [grpo.chat_prompt(tok, u, system=system) for u in users]
-        return grpo.generate_texts(
+        prompts = [text_rollout.chat_prompt(tok, u, system=system) for u in users]
+        return text_rollout.generate_texts(
             lm, tok, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=True,
             do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, generator=gen,
         )  # fmt: skip
 
     t0 = time.time()
     records, counts = collect_traces(generate, rows, low=cfg.low, high=cfg.high, rationalise=cfg.rationalise)
-    checkpoint.atomic_write_text(out / "traces.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    atomic_files.atomic_write_text(out / "traces.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     result = {**counts, "wall_s": time.time() - t0, "config": to_dict(cfg)}
-    checkpoint.atomic_write_json(out / "result.json", result)
+    atomic_files.atomic_write_json(out / "result.json", result)
     print(
         f"{counts['samples']} samples: kept {counts['first_try']} first try, {counts['rationalised']} "
         f"rationalised, dropped {counts['dropped']} -> {out / 'traces.jsonl'}"

@@ -7,7 +7,7 @@ completions stay together), gradients are averaged over processes (``rrec.grpo.g
 step: the mean of the W local token means), evaluation is sharded and gathered, process 0 writes the
 files; ``row_seeds=true`` makes the sampled completions independent of W.
 
-Flow: load the policy (``rrec.grpo.load_policy``, LoRA) -> evaluate (before) -> SFT stage (``sft_steps``
+Flow: load the policy (``text_rollout.load_policy``, LoRA) -> evaluate (before) -> SFT stage (``sft_steps``
 batches of ``sft_batch_size`` training samples, cross-entropy of the next item as a one-line list, "1.
 Title (Year)", after the same prompt as GRPO's, ``grpo.sft_loss``; 0 skips it) -> evaluate (after SFT) ->
 GRPO stage (per step: B training samples, G completions each at ``temperature``, rewards accuracy /
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from rrec import checkpoint, distributed, grpo, recpo, training
+from rrec import atomic_files, distributed, grpo, recpo, text_rollout, training
 from rrec.config import config_from_argv, to_dict
 from rrec.tasks import recllm_r1 as task
 
@@ -48,7 +48,7 @@ class RecLLMR1Config:
     prepared: str = ""  # prepared dataset folder; "" = ML-100K temporal (prepared on demand)
     out_dir: str = "runs/recllm-r1"
     seed: int = 0
-    dtype: str = "auto"  # grpo.load_policy: bf16 where fast, else float32
+    dtype: str = "auto"  # text_rollout.load_policy: bf16 where fast, else float32
     device: str = "auto"
     lora: bool = True
     lora_rank: int = 8  # ours (R²ec uses 4; the title task must learn the catalog's names)
@@ -101,7 +101,7 @@ def _prompts(tok, cat: task.Catalog, rows, cfg: RecLLMR1Config) -> list[list[int
     out = []
     for h in rows["history"]:
         text = task.grpo_prompt(task.history_titles(cat, h, cfg.max_history), cfg.k)
-        out.append(grpo.chat_prompt(tok, text, system=task.SYSTEM))
+        out.append(text_rollout.chat_prompt(tok, text, system=task.SYSTEM))
     return out
 
 
@@ -109,7 +109,7 @@ def evaluate(lm, tok, cat, eval_df, cfg: RecLLMR1Config, name: str, out: Path) -
     """Greedy completions of the GRPO prompt -> per-sample rows (eval_<name>.jsonl) -> summary.
 
     The completions are generated in shards over processes and gathered; process 0 writes the rows."""
-    texts = grpo.generate_texts(
+    texts = text_rollout.generate_texts(
         lm, tok, _prompts(tok, cat, eval_df, cfg), max_new_tokens=cfg.eval_max_new_tokens,
         batch_size=cfg.eval_batch_size, progress=True,
     )  # fmt: skip
@@ -117,7 +117,7 @@ def evaluate(lm, tok, cat, eval_df, cfg: RecLLMR1Config, name: str, out: Path) -
     summary = task.summarise(rows, k=10, seed=cfg.seed)
     if distributed.rank_and_world()[0] > 0:
         return summary
-    checkpoint.atomic_write_text(out / f"eval_{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_files.atomic_write_text(out / f"eval_{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     print(f"eval {name}: " + " ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float)))
     return summary
 
@@ -160,11 +160,11 @@ def main(argv: list[str] | None = None) -> dict:
     train = data.splits["train"]
     cat = task.build_catalog(data.items, train, cfg.fuzzy_cutoff, cfg.strict_answer)
     eval_df = select_samples(data.splits[cfg.eval_split], cfg.eval_users, cfg.eval_samples_per_user, cfg.seed)
-    lm, tok = grpo.load_policy(
+    lm, tok = text_rollout.load_policy(
         cfg.model, dtype=cfg.dtype, device=str(device), lora=cfg.lora, lora_rank=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha, gradient_checkpointing=cfg.gradient_checkpointing,
     )  # fmt: skip
-    stop = grpo.stop_ids(tok)[0]
+    stop = text_rollout.stop_ids(tok)[0]
     pad = tok.pad_token_id if tok.pad_token_id is not None else stop
     params = training.trainable_parameters(lm)
     distributed.broadcast_parameters(params)  # every process starts from process 0's weights
@@ -175,12 +175,12 @@ def main(argv: list[str] | None = None) -> dict:
         history.append(rec)
         if main_process and rec["step"] % cfg.log_every == 0:
             log_lines.append(json.dumps(rec) + "\n")
-            checkpoint.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
+            atomic_files.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
 
     baseline = task.score_lists(cat, task.popular_lists(cat, eval_df["history"], 10), eval_df, k=10)
     result: dict = {"baseline_pop": task.summarise(baseline, k=10, seed=cfg.seed)}
     if main_process:
-        checkpoint.atomic_write_text(
+        atomic_files.atomic_write_text(
             out / "eval_baseline_pop.jsonl", "".join(json.dumps(r) + "\n" for r in baseline)
         )
     result["before"] = evaluate(lm, tok, cat, eval_df, cfg, "before", out)
@@ -229,9 +229,9 @@ def main(argv: list[str] | None = None) -> dict:
     gen = torch.Generator(device=device).manual_seed(cfg.seed + rank)
     for step in range(cfg.steps):
         t_step = time.time()
-        mine, seeds = grpo.local_rows(B, step, cfg.seed, G)  # this process's samples of the global batch
+        mine, seeds = text_rollout.local_rows(B, step, cfg.seed, G)  # this process's rows of the global batch
         rows = next(batches).iloc[mine]
-        roll = grpo.sample_completions(
+        roll = text_rollout.sample_completions(
             lm, tok, _prompts(tok, cat, rows, cfg), num_generations=G,
             max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_k=cfg.top_k,
             top_p=cfg.top_p, generator=gen, row_seeds=seeds if cfg.row_seeds else None,
@@ -279,10 +279,10 @@ def main(argv: list[str] | None = None) -> dict:
     result.update({"steps": {"sft": cfg.sft_steps, "grpo": cfg.steps}, "wall_s": time.time() - t0,
                    "config": to_dict(cfg)})  # fmt: skip
     if main_process:
-        with checkpoint.atomic_folder(out / "final") as tmp:
+        with atomic_files.atomic_folder(out / "final") as tmp:
             lm.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-        checkpoint.atomic_write_json(out / "result.json", result)
+        atomic_files.atomic_write_json(out / "result.json", result)
     say(_table(result))
     say(f"wall {result['wall_s']:.0f}s -> {out}")
     result["history"] = history

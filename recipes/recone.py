@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from recipes import reczero
-from rrec import checkpoint, distributed, grpo, training
+from rrec import atomic_files, distributed, grpo, text_rollout, training
 from rrec.config import config_from_argv, to_dict
 from rrec.tasks import rating
 
@@ -78,10 +78,10 @@ def sft_stage(lm, tokenizer, traces: list[dict], cfg: RecOneConfig, log_lines: l
     from tqdm.auto import tqdm
     from transformers import get_constant_schedule_with_warmup
 
-    stop, _ = grpo.stop_ids(tokenizer)
+    stop, _ = text_rollout.stop_ids(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop
     system = rating.system_prompt(cfg.low, cfg.high)
-    prompts = [grpo.chat_prompt(tokenizer, t["prompt"], system=system) for t in traces]
+    prompts = [text_rollout.chat_prompt(tokenizer, t["prompt"], system=system) for t in traces]
     targets = [tokenizer(t["trace"].strip(), add_special_tokens=False)["input_ids"] + [stop] for t in traces]
     rank, world = distributed.rank_and_world()
     params = training.trainable_parameters(lm)
@@ -111,7 +111,7 @@ def sft_stage(lm, tokenizer, traces: list[dict], cfg: RecOneConfig, log_lines: l
                "sft/lr": sched.get_last_lr()[0], "sft/step_s": time.time() - t0}  # fmt: skip
         if rank == 0 and (step + 1) % cfg.log_every == 0:
             log_lines.append(json.dumps(rec) + "\n")
-            checkpoint.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
+            atomic_files.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
     lm.eval()
 
 
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     train, held = reczero.load_views(cfg)
     mean = rating.global_mean(train)
-    lm, tok = grpo.load_policy(
+    lm, tok = text_rollout.load_policy(
         cfg.model, dtype=cfg.dtype, device=str(device), lora=cfg.lora, lora_rank=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha, gradient_checkpointing=cfg.gradient_checkpointing,
     )  # fmt: skip
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
               "steps": cfg.steps, "global_mean": mean, "wall_s": time.time() - t0,
               "config": to_dict(cfg)}  # fmt: skip
     if main_process:
-        checkpoint.atomic_write_json(out / "result.json", result)
+        atomic_files.atomic_write_json(out / "result.json", result)
     say(reczero.table({"before": before, "after_sft": after_sft, "after": after, **base}))
     result["history"] = history
     return result

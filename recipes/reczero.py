@@ -39,7 +39,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from rrec import checkpoint, distributed, grpo, recpo, training
+from rrec import atomic_files, distributed, grpo, recpo, text_rollout, training
 from rrec.config import config_from_argv, to_dict
 from rrec.tasks import rating
 
@@ -116,7 +116,7 @@ def prompts_of(tokenizer, rows: pd.DataFrame, cfg: RecZeroConfig) -> list[list[i
     """Chat-prompt ids of view rows."""
     system = rating.system_prompt(cfg.low, cfg.high)
     return [
-        grpo.chat_prompt(tokenizer, rating.user_prompt(t, r, target), system=system)
+        text_rollout.chat_prompt(tokenizer, rating.user_prompt(t, r, target), system=system)
         for t, r, target in zip(
             rows["history_titles"], rows["history_ratings"], rows["target_title"], strict=True
         )
@@ -127,7 +127,7 @@ def evaluate(
     lm, tokenizer, held: pd.DataFrame, cfg: RecZeroConfig, fallback: float
 ) -> tuple[dict, list[dict]]:
     """Greedy answers on the held-out rows -> (metrics, one row per sample)."""
-    texts = grpo.generate_texts(
+    texts = text_rollout.generate_texts(
         lm, tokenizer, prompts_of(tokenizer, held, cfg), max_new_tokens=cfg.eval_max_new_tokens,
         batch_size=cfg.eval_batch_size, progress=True,
     )  # fmt: skip
@@ -199,9 +199,9 @@ def rl_loop(
     bar = tqdm(range(cfg.steps), desc="rl", unit="step", disable=rank > 0)
     for step in bar:
         t0 = time.time()
-        mine, seeds = grpo.local_rows(B, step, cfg.seed, G)  # this process's samples of the global batch
+        mine, seeds = text_rollout.local_rows(B, step, cfg.seed, G)  # this process's rows of the global batch
         batch = next(batches).iloc[mine]
-        roll = grpo.sample_completions(
+        roll = text_rollout.sample_completions(
             lm, tokenizer, prompts_of(tokenizer, batch, cfg), num_generations=G,
             max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_k=cfg.top_k,
             top_p=cfg.top_p, generator=gen, row_seeds=seeds if cfg.row_seeds else None,
@@ -245,7 +245,7 @@ def rl_loop(
         history.append(rec)
         if rank == 0 and (step + 1) % cfg.log_every == 0:
             log_lines.append(json.dumps(rec) + "\n")
-            checkpoint.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
+            atomic_files.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
             bar.write(
                 f"step {step + 1}/{cfg.steps} reward {rec['train/reward_mean']:.3f} "
                 f"parse {rec['train/parse_rate']:.2f} kl {st.kl:.4f} "
@@ -263,7 +263,7 @@ def save_final(lm, tokenizer, out: Path):
         lm = lm.merge_and_unload()
     if distributed.rank_and_world()[0] > 0:
         return lm
-    with checkpoint.atomic_folder(out / "final") as tmp:
+    with atomic_files.atomic_folder(out / "final") as tmp:
         lm.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return lm
@@ -273,7 +273,7 @@ def write_rows(path: Path, rows: list[dict]) -> None:
     """One JSON line per row; only process 0 writes."""
     if distributed.rank_and_world()[0] > 0:
         return
-    checkpoint.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_files.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(cfg.seed)
     train, held = load_views(cfg)
     mean = rating.global_mean(train)
-    lm, tok = grpo.load_policy(
+    lm, tok = text_rollout.load_policy(
         cfg.model, dtype=cfg.dtype, device=str(device), lora=cfg.lora, lora_rank=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha, gradient_checkpointing=cfg.gradient_checkpointing,
     )  # fmt: skip
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"before": before, "after": after, "baselines": base, "steps": cfg.steps, "global_mean": mean,
               "wall_s": time.time() - t0, "config": to_dict(cfg)}  # fmt: skip
     if main_process:
-        checkpoint.atomic_write_json(out / "result.json", result)
+        atomic_files.atomic_write_json(out / "result.json", result)
     say(table({"before": before, "after": after, **base}))
     result["history"] = history
     return result

@@ -21,6 +21,8 @@ import json
 import sys
 import time
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,10 +111,30 @@ def load_config(argv: list[str]) -> Config:
     return cfg
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` within the block; the previous count restored after it
+    (on return or error), so a caller in the same process (a test, a notebook) keeps its own setting."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def main(cfg: Config) -> dict[str, object]:
-    """Train (unless pop), test, write the three files; returns the metrics dict."""
+    """Train (unless pop), test, write the three files; returns the metrics dict.
+
+    Runs with ``cfg.num_threads`` torch threads; the caller's thread count is restored afterwards.
+    """
+    with torch_threads(cfg.num_threads):
+        return _run(cfg)
+
+
+def _run(cfg: Config) -> dict[str, object]:
+    """``main``'s body, run with the thread count set."""
     start = time.perf_counter()
-    torch.set_num_threads(cfg.num_threads)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from recipes.train_recpo import kept_log, prepare, resume_path, run_eval, setup
-from rrec import checkpoint, distributed, training
+from rrec import atomic_files, checkpoint, distributed, training
 from rrec.config import config_from_argv, to_dict
 
 
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(cfg.out_dir)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        checkpoint.atomic_write_json(out / "config.json", to_dict(cfg))
+        atomic_files.atomic_write_json(out / "config.json", to_dict(cfg))
     with acc.main_process_first():  # process 0 fetches / prepares the default data first, once
         model, data, eval_df = setup(cfg, acc.device)
     params = training.trainable_parameters(model.lm)
@@ -157,13 +157,13 @@ def main(argv: list[str] | None = None) -> dict:
             history.append(rec)
             if acc.is_main_process and (step + 1) % cfg.log_every == 0:
                 log_lines.append(json.dumps(rec) + "\n")
-                checkpoint.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
+                atomic_files.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
                 acc.print(f"step {step + 1}/{cfg.steps} loss {rec['train/loss']:.4f}")
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
                 mid, _ = run_eval(model, eval_df, cfg, reasoning=False)
                 if acc.is_main_process:
                     log_lines.append(json.dumps({"step": step + 1, "eval/ndcg@10": mid["ndcg@10"]}) + "\n")
-                    checkpoint.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
+                    atomic_files.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
             stop = distributed.any_process(sigterm(), model.device)
             if stop and deepspeed:
                 acc.print(f"SIGTERM: stopping after step {step + 1} (no checkpoint under DeepSpeed)")
@@ -183,11 +183,11 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"before": before, "after": after, "steps": cfg.steps, "resumed_from": start or None,
               "wall_s": time.time() - t0, "config": to_dict(cfg)}  # fmt: skip
     if acc.is_main_process:
-        with checkpoint.atomic_folder(out / "final") as tmp:
+        with atomic_files.atomic_folder(out / "final") as tmp:
             model.save_pretrained(tmp)
-        checkpoint.atomic_write_json(out / "result.json", result)
+        atomic_files.atomic_write_json(out / "result.json", result)
         rows_text = "".join(json.dumps(r) + "\n" for r in after_rows)
-        checkpoint.atomic_write_text(out / "per_user_after.jsonl", rows_text)
+        atomic_files.atomic_write_text(out / "per_user_after.jsonl", rows_text)
     result["history"] = history
     return result
 

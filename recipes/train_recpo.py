@@ -52,7 +52,7 @@ from pathlib import Path
 
 import torch
 
-from rrec import checkpoint, distributed, recpo, training
+from rrec import atomic_files, checkpoint, distributed, recpo, training
 from rrec.config import config_from_argv, to_dict
 from rrec.metrics import rank_of_target
 
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(cfg.out_dir)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        checkpoint.atomic_write_json(out / "config.json", to_dict(cfg))
+        atomic_files.atomic_write_json(out / "config.json", to_dict(cfg))
     with acc.main_process_first():  # process 0 fetches / prepares the default data first, once
         model, data, eval_df = setup(cfg, acc.device)
     eps_high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
     if state is None:
         before, before_rows = run_eval(model, eval_df, cfg)
         if acc.is_main_process:
-            checkpoint.atomic_write_text(
+            atomic_files.atomic_write_text(
                 out / "per_user_before.jsonl", "".join(json.dumps(r) + "\n" for r in before_rows)
             )
     else:
@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> dict:
             history.append(rec)
             if acc.is_main_process and (step + 1) % cfg.log_every == 0:
                 log_lines.append(json.dumps(rec) + "\n")
-                checkpoint.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
+                atomic_files.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
                 if writer is not None:
                     for k, v in rec.items():
                         if k != "step" and math.isfinite(v):
@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> dict:
                 if acc.is_main_process:
                     evals = {f"eval/{k}": v for k, v in mid.items() if isinstance(v, float)}
                     log_lines.append(json.dumps({"step": step + 1, **evals}) + "\n")
-                    checkpoint.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
+                    atomic_files.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
             stop = distributed.any_process(sigterm(), model.device)
             if stop and deepspeed:
                 acc.print(f"SIGTERM: stopping after step {step + 1} (no checkpoint under DeepSpeed)")
@@ -449,10 +449,10 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"before": before, "after": after, "steps": cfg.steps, "resumed_from": start or None,
               "wall_s": time.time() - t0, "train_and_eval_s": train_s, "config": to_dict(cfg)}  # fmt: skip
     if acc.is_main_process:
-        with checkpoint.atomic_folder(out / "final") as tmp:
+        with atomic_files.atomic_folder(out / "final") as tmp:
             model.save_pretrained(tmp)
-        checkpoint.atomic_write_json(out / "result.json", result)
-        checkpoint.atomic_write_text(
+        atomic_files.atomic_write_json(out / "result.json", result)
+        atomic_files.atomic_write_text(
             out / "per_user_after.jsonl", "".join(json.dumps(r) + "\n" for r in after_rows)
         )
         if writer is not None:

@@ -1,4 +1,4 @@
-"""Training checkpoints for exact resume, written atomically and verified on load; atomic text files.
+"""Training checkpoints for exact resume, written atomically and verified on load.
 
 A checkpoint is a folder ``checkpoint-{step}`` holding:
 
@@ -14,32 +14,33 @@ A checkpoint is a folder ``checkpoint-{step}`` holding:
 * ``manifest.json``, written last: format, version, step, number of processes, and the size and sha256 of
   every other file.
 
-Atomicity: everything goes to ``.checkpoint-{step}.tmp-*`` beside the target, is fsynced, and the folder
-is renamed into place; a crash leaves at most a temporary folder (removed on the next save) and never a
-half-written ``checkpoint-{step}``. Loading checks every file against the manifest before reading any;
-a missing, truncated or altered file raises :class:`CheckpointError` naming it and the newest earlier
-checkpoint that verifies. Older checkpoints are removed (``prune_checkpoints``) only after a new one is
-complete. ``trainer_state.pt`` is unpickled (``weights_only=False``): load only checkpoints you wrote.
+Atomicity (``rrec.atomic_files.atomic_folder``): everything goes to ``.checkpoint-{step}.tmp-*`` beside
+the target, is fsynced, and the folder is renamed into place; a crash leaves at most a temporary folder
+(removed on the next save) and never a half-written ``checkpoint-{step}``. Loading checks every file
+against the manifest before reading any; a missing, truncated or altered file raises
+:class:`CheckpointError` naming it and the newest earlier checkpoint that verifies. Older checkpoints
+are removed (``prune_checkpoints``) only after a new one is complete. ``trainer_state.pt`` is unpickled
+(``weights_only=False``): load only checkpoints you wrote.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
 import signal
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
+
+from rrec.atomic_files import atomic_folder
 
 FORMAT, VERSION = "rrec-checkpoint", 1
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -55,38 +56,6 @@ class TrainerState(NamedTuple):
     step: int  # optimiser steps done = batches consumed (``sample_batches(..., start=step)``)
     rng: dict  # this process's RNG states, for ``set_rng_state``
     extra: dict  # the recipe's extras, as saved
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file's or a folder's entries to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, fsync, ``os.replace``.
-
-    Readers see the old content or the new, never a mix; on any error the old file is untouched.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync(path.parent)
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2))
 
 
 def _sha256(path: Path) -> str:
@@ -129,37 +98,6 @@ def list_checkpoints(out_dir: str | Path) -> list[Path]:
     """Complete checkpoints (with a manifest) in ``out_dir``, oldest first."""
     found = [p for p in Path(out_dir).glob("checkpoint-*") if step_of(p) is not None]
     return sorted((p for p in found if (p / "manifest.json").is_file()), key=step_of)
-
-
-@contextmanager
-def atomic_folder(directory: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``directory``; when the block succeeds, its files are fsynced and
-    the folder is renamed to ``directory`` (an existing one is replaced); when it fails, it is removed
-    and ``directory`` is untouched. Temporary folders left by a crash are removed first."""
-    directory = Path(directory).absolute()
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    for stale in directory.parent.glob(f".{directory.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
-        yield tmp
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                _fsync(f)
-        _fsync(tmp)
-        old = directory.parent / f".{directory.name}.old-{os.getpid()}"
-        if directory.exists():  # the one non-atomic moment: between these two renames
-            os.rename(directory, old)
-        try:
-            os.rename(tmp, directory)
-        except BaseException:
-            if old.exists():
-                os.rename(old, directory)
-            raise
-        _fsync(directory.parent)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
 
 
 def save_checkpoint(

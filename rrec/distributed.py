@@ -189,7 +189,7 @@ def start_run(out_dir: str | Path, config: dict, device: str = "auto") -> tuple[
     """
     from accelerate import PartialState
 
-    from rrec.checkpoint import atomic_write_json
+    from rrec.atomic_files import atomic_write_json
 
     state = PartialState()
     main = rank_and_world()[0] == 0

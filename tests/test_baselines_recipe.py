@@ -81,6 +81,26 @@ def test_pop_run_from_the_command_line(prepared, tmp_path):
     assert metrics["test/mrr"] == pytest.approx((7 + 1 / 5 + 2 / 6) / 10)
 
 
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_callers_thread_count_is_restored(prepared, tmp_path, fails):
+    # The run sets torch's process-wide thread count to num_threads=1; the caller's count (3 here, so it
+    # differs from the run's whatever the machine's default) must come back on return and on error (a
+    # folder that is not a prepared dataset), or later code in the same process inherits the run's.
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        source = tmp_path / "missing" if fails else prepared
+        args = ("model=pop", f"prepared_dir={source}", f"output_dir={tmp_path / 'run'}", "num_threads=1")
+        if fails:
+            with pytest.raises(ValueError, match="not a prepared dataset"):
+                run(*args)
+        else:
+            run(*args)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

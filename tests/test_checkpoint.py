@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from recipes import train_contrastive, train_recpo
-from rrec import checkpoint
+from rrec import atomic_files, checkpoint
 from rrec.backbone import apply_lora
 from rrec.checkpoint import CheckpointError
 from rrec.model import ReasoningRecommender
@@ -239,15 +239,15 @@ def test_prune_keeps_the_newest(tmp_path, trained):
 
 def test_atomic_write_text_keeps_the_old_content_on_failure(tmp_path, monkeypatch):
     path = tmp_path / "result.json"
-    checkpoint.atomic_write_json(path, {"a": 1})
+    atomic_files.atomic_write_json(path, {"a": 1})
     assert json.loads(path.read_text()) == {"a": 1}
 
     def no_replace(src, dst):
         raise OSError("crash before the rename")
 
-    monkeypatch.setattr(checkpoint.os, "replace", no_replace)
+    monkeypatch.setattr(atomic_files.os, "replace", no_replace)
     with pytest.raises(OSError, match="crash"):
-        checkpoint.atomic_write_json(path, {"a": 2})
+        atomic_files.atomic_write_json(path, {"a": 2})
     assert json.loads(path.read_text()) == {"a": 1} and [p.name for p in tmp_path.iterdir()] == [
         "result.json"
     ]

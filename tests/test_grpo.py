@@ -5,26 +5,26 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rrec import grpo, recpo
+from rrec import grpo, recpo, text_rollout
 from tests.conftest import make_tiny_lm
 
 
 def _prompts(tokenizer):
     return [
-        grpo.chat_prompt(tokenizer, "Do you like Heat (1995)?", system="Answer Yes or No."),
-        grpo.chat_prompt(tokenizer, "Rate Toy Story (1995) from 1 to 5."),
+        text_rollout.chat_prompt(tokenizer, "Do you like Heat (1995)?", system="Answer Yes or No."),
+        text_rollout.chat_prompt(tokenizer, "Rate Toy Story (1995) from 1 to 5."),
     ]
 
 
 def test_chat_prompt_ends_with_the_assistant_header(tokenizer):
-    ids = grpo.chat_prompt(tokenizer, "hi", system="be brief")
+    ids = text_rollout.chat_prompt(tokenizer, "hi", system="be brief")
     text = tokenizer.decode(ids)
     assert text.startswith("<|im_start|>system\nbe brief<|im_end|>")
     assert text.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_stop_ids_of_smollm2(tokenizer):
-    stop, others = grpo.stop_ids(tokenizer)
+    stop, others = text_rollout.stop_ids(tokenizer)
     assert tokenizer.convert_ids_to_tokens(stop) == "<|im_end|>"
     assert stop not in others and tokenizer.convert_tokens_to_ids("<|endoftext|>") in others
 
@@ -33,8 +33,8 @@ def test_greedy_completions_equal_hf_generate(tokenizer):
     # parity: our KV-cached loop, stopping at <|im_end|>, against HF generate for the same prompts
     lm = make_tiny_lm(tokenizer, seed=3)
     prompts = _prompts(tokenizer)
-    roll = grpo.sample_completions(lm, tokenizer, prompts, max_new_tokens=12, do_sample=False)
-    stop, others = grpo.stop_ids(tokenizer)
+    roll = text_rollout.sample_completions(lm, tokenizer, prompts, max_new_tokens=12, do_sample=False)
+    stop, others = text_rollout.stop_ids(tokenizer)
     for i, p in enumerate(prompts):
         ref = lm.generate(
             torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long), max_new_tokens=12,
@@ -50,7 +50,7 @@ def test_greedy_completions_equal_hf_generate(tokenizer):
 
 def test_budget_cuts_the_row_and_marks_it_truncated(tokenizer):
     lm = make_tiny_lm(tokenizer, seed=1)
-    stop, others = grpo.stop_ids(tokenizer)
+    stop, others = text_rollout.stop_ids(tokenizer)
     head = lm.lm_head
 
     class NoStop(torch.nn.Module):  # the LM head with every stop token made impossible
@@ -58,7 +58,9 @@ def test_budget_cuts_the_row_and_marks_it_truncated(tokenizer):
             return head(h).index_fill(-1, torch.tensor([stop, *others]), float("-inf"))
 
     lm.lm_head = NoStop()
-    roll = grpo.sample_completions(lm, tokenizer, _prompts(tokenizer), max_new_tokens=5, num_generations=3)
+    roll = text_rollout.sample_completions(
+        lm, tokenizer, _prompts(tokenizer), max_new_tokens=5, num_generations=3
+    )
     assert roll.completion_ids.shape == (6, 5) and roll.completion_mask.sum().item() == 30
     assert roll.truncated.all()
     assert (roll.logps < 0).all() and len(roll.texts) == 6
@@ -121,7 +123,7 @@ def test_grpo_update_moves_every_lora_weight_and_clips_on_the_second_epoch(token
     before = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=5e-2)
     gen = torch.Generator().manual_seed(0)
-    roll = grpo.sample_completions(
+    roll = text_rollout.sample_completions(
         lm,
         tokenizer,
         _prompts(tokenizer),

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from recipes import grpo_like_dislike as recipe
-from rrec import grpo, recpo
+from rrec import grpo, recpo, text_rollout
 from rrec.tasks import like_dislike as ld
 from tests.recipe_fixtures import tiny_model_dir, tiny_prepared
 
@@ -209,9 +209,9 @@ def _args(tmp_path, tokenizer, **kw) -> list[str]:
 
 
 def _capture_policy(monkeypatch) -> dict:
-    """Wrap grpo.load_policy to keep the LoRA parameters (live) and a copy of their initial values."""
+    """Wrap text_rollout.load_policy to keep the LoRA parameters (live) and a copy of their initial values."""
     seen: dict = {}
-    load = grpo.load_policy
+    load = text_rollout.load_policy
 
     def wrapped(*a, **k):
         lm, tok = load(*a, **k)
@@ -219,7 +219,7 @@ def _capture_policy(monkeypatch) -> dict:
         seen["init"] = {n: p.detach().clone() for n, p in seen["live"].items()}
         return lm, tok
 
-    monkeypatch.setattr(grpo, "load_policy", wrapped)
+    monkeypatch.setattr(text_rollout, "load_policy", wrapped)
     return seen
 
 
@@ -245,7 +245,7 @@ def _check_run(tmp_path, result, seen, method: str) -> None:
         assert {"user_id", "target", "label", "parsed", "completion"} <= set(rows[0])
     assert (run / "config.json").exists()
     # final/ is a plain HF folder (LoRA merged): it loads as a model
-    lm, _ = grpo.load_policy(str(run / "final"), lora=False, device="cpu")
+    lm, _ = text_rollout.load_policy(str(run / "final"), lora=False, device="cpu")
     assert not hasattr(lm, "peft_config")
 
 

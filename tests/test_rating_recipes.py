@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from recipes import make_traces, recone, reczero
-from rrec import grpo
+from rrec import text_rollout
 from rrec.data import load_prepared
 from rrec.tasks import rating
 from tests.recipe_fixtures import tiny_model_dir, tiny_prepared
@@ -59,7 +59,7 @@ def test_reczero_runs_and_writes_its_outputs(tmp_path, tokenizer):
     assert saved["after"]["parse_rate"] == 0.0
     assert saved["after"]["mae"] == pytest.approx(saved["baselines"]["global_mean"]["mae"])
     # final/ is a plain HF folder (LoRA merged): it loads as a model
-    lm, _ = grpo.load_policy(str(run / "final"), lora=False, device="cpu")
+    lm, _ = text_rollout.load_policy(str(run / "final"), lora=False, device="cpu")
     assert not hasattr(lm, "peft_config")
 
 
@@ -86,7 +86,9 @@ def test_rl_loop_moves_every_lora_parameter(tmp_path, tokenizer, monkeypatch):
         steps=2, batch_size=2, num_generations=4, max_completion_length=6, lr=1e-2, warmup_steps=0,
         temperature=1.5, beta_kl=0.01,
     )  # fmt: skip
-    lm, tok = grpo.load_policy(str(tiny_model_dir(tmp_path / "m", tokenizer)), dtype="float32", device="cpu")
+    lm, tok = text_rollout.load_policy(
+        str(tiny_model_dir(tmp_path / "m", tokenizer)), dtype="float32", device="cpu"
+    )
     data = load_prepared(tiny_prepared(tmp_path / "d"))
     train = rating.rating_view(data.splits["train"], data.items)
     before = {n: p.detach().clone() for n, p in lm.named_parameters() if p.requires_grad}

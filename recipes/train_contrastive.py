@@ -46,6 +46,7 @@ class ContrastiveConfig:
     lora_dropout: float = 0.0
     gradient_checkpointing: bool = False
     steps: int = 200
+    max_train_minutes: float | None = None  # stop after the step that crosses it (then eval + save)
     users_per_step: int = 16  # B: in-batch negatives = B - 1
     lr: float = 1e-5
     warmup_steps: int = 32
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     batches = training.sample_batches(data.splits["train"], cfg.users_per_step, cfg.seed, start=start)
     log_lines = kept_log(out / "metrics.jsonl", start) if start else []
     history = []
+    done, timed_out, t_train = cfg.steps, False, time.time()
     with checkpoint.sigterm_flag() as sigterm:
         for step in range(start, cfg.steps):
             t_step = time.time()
@@ -164,6 +166,11 @@ def main(argv: list[str] | None = None) -> dict:
                 if acc.is_main_process:
                     log_lines.append(json.dumps({"step": step + 1, "eval/ndcg@10": mid["ndcg@10"]}) + "\n")
                     atomic_files.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
+            if training.out_of_time(t_train, cfg.max_train_minutes, model.device):
+                done, timed_out = step + 1, step + 1 < cfg.steps
+                if timed_out:
+                    acc.print(f"max_train_minutes={cfg.max_train_minutes} reached after step {done}")
+                    break
             stop = distributed.any_process(sigterm(), model.device)
             if stop and deepspeed:
                 acc.print(f"SIGTERM: stopping after step {step + 1} (no checkpoint under DeepSpeed)")
@@ -180,7 +187,8 @@ def main(argv: list[str] | None = None) -> dict:
                     return {"stopped_at": step + 1, "checkpoint": str(where), "history": history}
     after, after_rows = run_eval(model, eval_df, cfg, reasoning=False)
     acc.print(f"eval after: ndcg@10={after['ndcg@10']:.4f} hit@10={after['hit@10']:.4f}")
-    result = {"before": before, "after": after, "steps": cfg.steps, "resumed_from": start or None,
+    result = {"before": before, "after": after, "steps": done, "stopped_by_time": timed_out,
+              "resumed_from": start or None,
               "wall_s": time.time() - t0, "config": to_dict(cfg)}  # fmt: skip
     if acc.is_main_process:
         with atomic_files.atomic_folder(out / "final") as tmp:

@@ -52,7 +52,7 @@ from pathlib import Path
 
 import torch
 
-from rrec import atomic_files, checkpoint, distributed, recpo, training
+from rrec import atomic_files, checkpoint, decoding, distributed, recpo, training
 from rrec.config import config_from_argv, to_dict
 from rrec.metrics import rank_of_target
 
@@ -74,6 +74,7 @@ class RecPOConfig:
     lora_dropout: float = 0.0
     gradient_checkpointing: bool = False
     steps: int = 200
+    max_train_minutes: float | None = None  # stop after the step that crosses it (then eval + save)
     users_per_step: int = 4  # B
     num_generations: int = 4  # G (R²ec)
     temperature: float = 1.5  # R²ec sampling temperature
@@ -106,7 +107,7 @@ class RecPOConfig:
     keep_checkpoints: int = 0  # 0 keeps all; n: the newest n (older ones removed after a new one is complete)
     resume_from: str = ""  # a checkpoint folder, or "latest" (the newest in out_dir; none: a fresh start)
     row_seeds: bool = False  # one sampling seed per (step, user, g): independent of the process count
-    rollout_engine: str = "hf"  # hf: the model's forward | static: rrec.engine (CUDA graphs on GPU)
+    rollout_engine: str = "auto"  # auto: rrec.engine with CUDA graphs on GPU, HF forward on CPU | static | hf
     log_every: int = 1
     tensorboard: bool = True
 
@@ -207,21 +208,6 @@ def kept_log(path: Path, last_step: int) -> list[str]:
     return lines
 
 
-def rollout_engine(engine, model, cfg: RecPOConfig, prompt_len: int, rows: int):
-    """None for ``rollout_engine=hf``; else a ``StaticDecoder`` holding the current weights, rebuilt when
-    a batch needs more cache slots (sized in steps of 64: few rebuilds and CUDA-graph captures)."""
-    if cfg.rollout_engine == "hf":
-        return None
-    from rrec.engine import StaticDecoder
-
-    need = prompt_len + cfg.max_completion_length + 1
-    if engine is None or engine.max_len < need or engine.rows != rows:
-        size = -(-need // 64) * 64
-        return StaticDecoder(model.lm, rows=rows, max_len=size, cuda_graph=model.device.type == "cuda")
-    engine.load(model.lm)  # the LoRA deltas changed at the last optimiser step
-    return engine
-
-
 def main(argv: list[str] | None = None) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import DistributedType
@@ -267,6 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
         writer = SummaryWriter(str(out / "tb"), purge_step=start + 1 if start else None)
     log_lines = kept_log(out / "metrics.jsonl", start) if start else []
 
+    model.rollout_engine = decoding.check_engine(cfg.rollout_engine)  # the evaluations' decoder too
     t0 = time.time()
     if state is None:
         before, before_rows = run_eval(model, eval_df, cfg)
@@ -283,9 +270,9 @@ def main(argv: list[str] | None = None) -> dict:
         checkpoint.set_rng_state(state.rng, gen)
 
     history: list[dict] = []
-    engine = None
-    if cfg.rollout_engine not in ("hf", "static"):
-        raise ValueError(f"rollout_engine must be 'hf' or 'static', got {cfg.rollout_engine!r}")
+    static = decoding.use_static(cfg.rollout_engine, model.lm, model.device)
+    decoders = decoding.DecoderPool()
+    done, timed_out, t_train = cfg.steps, False, time.time()
     with checkpoint.sigterm_flag() as sigterm:
         for step in range(start, cfg.steps):
             t_step = time.time()
@@ -307,7 +294,8 @@ def main(argv: list[str] | None = None) -> dict:
                 if cfg.row_seeds
                 else None
             )
-            engine = rollout_engine(engine, model, cfg, prompt_ids.shape[1], len(rows) * G)
+            need = prompt_ids.shape[1] + cfg.max_completion_length + 1
+            engine = decoders.get(model.lm, len(rows) * G, need) if static else None  # current weights
             roll = generate_reasoning(  # 2. G reasonings per user, ids kept
                 model.lm, prompt_ids, prompt_mask, answer_id=model.answer_id, pad_id=model.pad_id,
                 eos_ids=[model.tokenizer.eos_token_id], max_new_tokens=cfg.max_completion_length,
@@ -426,6 +414,11 @@ def main(argv: list[str] | None = None) -> dict:
                     evals = {f"eval/{k}": v for k, v in mid.items() if isinstance(v, float)}
                     log_lines.append(json.dumps({"step": step + 1, **evals}) + "\n")
                     atomic_files.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
+            if training.out_of_time(t_train, cfg.max_train_minutes, model.device):
+                done, timed_out = step + 1, step + 1 < cfg.steps
+                if timed_out:
+                    acc.print(f"max_train_minutes={cfg.max_train_minutes} reached after step {done}")
+                    break
             stop = distributed.any_process(sigterm(), model.device)
             if stop and deepspeed:
                 acc.print(f"SIGTERM: stopping after step {step + 1} (no checkpoint under DeepSpeed)")
@@ -446,7 +439,8 @@ def main(argv: list[str] | None = None) -> dict:
     train_s = time.time() - t0
     after, after_rows = run_eval(model, eval_df, cfg)
     acc.print(f"eval after: ndcg@10={after['ndcg@10']:.4f} hit@10={after['hit@10']:.4f}")
-    result = {"before": before, "after": after, "steps": cfg.steps, "resumed_from": start or None,
+    result = {"before": before, "after": after, "steps": done, "stopped_by_time": timed_out,
+              "resumed_from": start or None,
               "wall_s": time.time() - t0, "train_and_eval_s": train_s, "config": to_dict(cfg)}  # fmt: skip
     if acc.is_main_process:
         with atomic_files.atomic_folder(out / "final") as tmp:

@@ -40,3 +40,19 @@ def test_contrastive_recipe_runs(tmp_path, tokenizer):
     after = ReasoningRecommender.from_pretrained(tmp_path / "run" / "final")
     assert any("lora_B" in n and p.abs().sum() > 0 for n, p in after.lm.named_parameters())
     assert 0.0 <= result["after"]["ndcg@10"] <= 1.0
+
+
+def test_contrastive_max_train_minutes_stops_after_the_crossing_step(tmp_path, tokenizer):
+    # ~0 minutes: the first step crosses the budget, then the usual evaluation and final save
+    args = {
+        "model": str(tiny_model_dir(tmp_path / "base", tokenizer)),
+        "prepared": str(tiny_prepared(tmp_path / "data")),
+        "out_dir": str(tmp_path / "run"),
+        "steps": 4,
+        "max_train_minutes": 1e-9,
+        "eval_users": 3,
+        "dtype": "float32",
+    }
+    result = train_contrastive.main([f"{k}={v}" for k, v in args.items()])
+    assert result["steps"] == 1 and result["stopped_by_time"] and len(result["history"]) == 1
+    assert (tmp_path / "run" / "final").is_dir()

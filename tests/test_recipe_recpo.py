@@ -73,10 +73,26 @@ def test_recpo_full_finetune_changes_all_params_and_clip_engages(tmp_path, token
 def test_recpo_static_engine_equals_the_hf_rollout(tmp_path, tokenizer):
     # rollout_engine=static samples from the static-KV-cache decoder (rrec.engine, LoRA merged and
     # refreshed after every step): the same logits up to float32 rounding, so the same tokens from the same
-    # generator, and the same losses; tolerance 1e-5 relative (the two paths sum in another order)
-    hf = train_recpo.main(_args(tmp_path, tokenizer, out_dir=tmp_path / "hf"))
+    # generator, and the same losses; tolerance 1e-5 relative (the two paths sum in another order).
+    # The evaluations before and after training use the same decoder (greedy): equal metrics.
+    hf = train_recpo.main(_args(tmp_path, tokenizer, out_dir=tmp_path / "hf", rollout_engine="hf"))
     st = train_recpo.main(_args(tmp_path, tokenizer, out_dir=tmp_path / "static", rollout_engine="static"))
     for a, b in zip(hf["history"], st["history"], strict=True):
         assert a["train/reasoning_len"] == b["train/reasoning_len"]
         for key in ("train/loss", "train/reward_mean", "train/ndcg"):
             assert abs(a[key] - b[key]) <= 1e-5 * max(1.0, abs(a[key])), (a["step"], key, a[key], b[key])
+    for when in ("before", "after"):
+        for key in ("ndcg@10", "hit@10"):
+            assert abs(hf[when][key] - st[when][key]) <= 1e-6, (when, key)
+
+
+def test_max_train_minutes_stops_then_evaluates_and_saves(tmp_path, tokenizer):
+    # a budget of ~0 minutes is crossed by the first step: that step completes, the loop stops, and the
+    # run ends like a full one (evaluation after, final model, result.json) with the steps really done
+    result = train_recpo.main(_args(tmp_path, tokenizer, steps=5, max_train_minutes=1e-9))
+    assert result["steps"] == 1 and result["stopped_by_time"] and len(result["history"]) == 1
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["steps"] == 1
+    assert (tmp_path / "run" / "final").is_dir() and "ndcg@10" in result["after"]
+    # without a budget nothing stops early
+    full = train_recpo.main(_args(tmp_path, tokenizer, out_dir=tmp_path / "full", steps=2))
+    assert full["steps"] == 2 and not full["stopped_by_time"]

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run.py --write BENCHMARKS.md  # GPU: SmolLM2-135M + random Qwen2-0.5B/1.5B
     .venv/bin/python bench/run.py --quick           # CPU smoke run: a tiny Llama, short lengths
+    .venv/bin/python bench/run.py --trl ...         # item d also times TRL (pip install -e '.[bench]')
 
 Measured, each after a warm-up, as medians of ``--repeats`` runs:
   a. rollout tokens/s, batch 1 / 8 / 64, prompt ~300 tokens, 256 new tokens: HF ``generate`` (length forced
@@ -13,8 +14,11 @@ Measured, each after a warm-up, as medians of ``--repeats`` runs:
      out: a lower bound) against the bf16
      matmul ceiling measured in the same run (8192^3 GEMMs);
   c. ``recommend_batch`` latency at batch 1 / 8 / 64 with 128 reasoning tokens;
-  d. one RecPO step (G=4) in trajectories/s; TRL's ``GRPOTrainer`` on the same model, prompts, group size
-     and lengths is left to a TRL wheel installed for the benchmark (``--trl``; not measured without it);
+  d. one RecPO step (G=4) in trajectories/s, and with ``--trl`` TRL's ``GRPOTrainer`` on the same model,
+     LoRA, prompts, group size, lengths and dtype, neither using vLLM (``bench/trl_step.py`` says what is
+     matched; TRL is the ``bench`` extra, ``pip install -e '.[bench]'``; without ``--trl`` the JSON says
+     "not measured"); ``recpo_speedup_vs_trl`` = ours / TRL's trajectories/s on SmolLM2 (else the first
+     model); each side's mean completion length is recorded beside it;
   e. peak GPU memory of a RecPO step with LoRA on the 1.5B-class config (G=4, 4 users, 512 new tokens).
 Random-init models: speed does not depend on the weight values. Not yet run on a GPU (written in a
 session without one): its first GPU run is the check.
@@ -30,6 +34,7 @@ import time
 from pathlib import Path
 
 import torch
+from trl_step import TRL_MISSING, TRL_NOT_MEASURED, speedup_vs_trl, trl_available, trl_grpo_step
 
 from rrec.rollout import generate_reasoning, left_pad
 
@@ -39,7 +44,10 @@ p.add_argument("--repeats", type=int, default=3)
 p.add_argument("--models", default="smollm2,0p5b,1p5b")
 p.add_argument("--out", type=Path, default=Path("bench/results"))
 p.add_argument("--write", type=Path, default=None, help="markdown file to put the results table into")
+p.add_argument("--trl", action="store_true", help="also time TRL's GRPOTrainer steps (item d)")
 args = p.parse_args()
+if args.trl and not trl_available():
+    p.exit(2, TRL_MISSING + "\n")
 dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
 QUICK = args.quick
@@ -175,8 +183,15 @@ def recommend_latency(model, histories, name: str, out: dict) -> None:
         print(f"recommend {name} b{B}: {out[key]:.3f} s", flush=True)
 
 
+def recpo_settings(users: int, new_tokens: int) -> list[str]:
+    """The RecPOConfig overrides of item d, ours and TRL's: 1 warm-up + ``--repeats`` timed steps."""
+    return [f"steps={1 + args.repeats}", f"users_per_step={users}", "num_generations=4",
+            f"max_completion_length={new_tokens}", "warmup_steps=0"]  # fmt: skip
+
+
 def recpo_step(name: str, out: dict, users: int, new_tokens: int) -> None:
-    """One RecPO training step of the recipe on a fresh output folder; trajectories/s and peak memory."""
+    """RecPO training steps of the recipe on a fresh output folder: trajectories/s (median of the steps
+    after the first) and peak memory."""
     import tempfile
 
     from recipes import train_recpo
@@ -189,15 +204,32 @@ def recpo_step(name: str, out: dict, users: int, new_tokens: int) -> None:
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         res = train_recpo.main([
-            f"model={tmp}/model", f"out_dir={tmp}/run", "steps=2", f"users_per_step={users}",
-            "num_generations=4", f"max_completion_length={new_tokens}", "eval_users=1",
-            "eval_max_new_tokens=4", "tensorboard=false", "warmup_steps=0",
+            f"model={tmp}/model", f"out_dir={tmp}/run", *recpo_settings(users, new_tokens), "eval_users=1",
+            "eval_max_new_tokens=4", "tensorboard=false",
         ])  # fmt: skip
-        step_s = res["history"][-1]["train/step_s"]  # the second step: warm
+        warm = res["history"][1:]  # the first step is the warm-up
+        step_s = statistics.median(h["train/step_s"] for h in warm)
         out[f"recpo_traj_s_{name}"] = users * 4 / step_s
+        out[f"recpo_completion_len_{name}"] = statistics.mean(h["train/reasoning_len"] for h in warm)
         if dev.type == "cuda":
             out[f"peak_mem_gib_{name}"] = torch.cuda.max_memory_allocated() / 2**30
         print(f"recpo {name}: {users * 4 / step_s:.2f} trajectories/s", flush=True)
+
+
+def trl_step(name: str, data, out: dict, users: int, new_tokens: int) -> None:
+    """TRL's GRPOTrainer on the setup of ``recpo_step`` (same RecPOConfig): ``bench/trl_step.py``."""
+    from recipes.train_recpo import RecPOConfig
+    from rrec.config import config_from_argv
+
+    cfg = config_from_argv(RecPOConfig, recpo_settings(users, new_tokens))
+    lm, tok = load(name)
+    res = trl_grpo_step(lm, tok, data.items, data.splits["train"], cfg, args.repeats)
+    out[f"trl_grpo_step_traj_s_{name}"] = res["traj_s"]
+    out[f"trl_completion_len_{name}"] = res["completion_len"]
+    if "peak_mem_gib" in res:
+        out[f"trl_peak_mem_gib_{name}"] = res["peak_mem_gib"]
+    out["trl"] = f"trl {res['trl']}"
+    print(f"trl grpo {name}: {res['traj_s']:.2f} trajectories/s (trl {res['trl']})", flush=True)
 
 
 def markdown(out: dict, command: str) -> str:
@@ -216,6 +248,8 @@ def markdown(out: dict, command: str) -> str:
         if isinstance(value, dict):
             for sub, v in value.items():
                 lines.append(f"| {key}.{sub} | {v:.4g} | |")
+        elif key == "trl":
+            lines.append(f"| trl | {value} | |")
         elif isinstance(value, float) or (value is None and key in targets):
             shown = "not measured" if value is None else f"{value:.4g}"
             lines.append(f"| {key} | {shown} | {targets.get(key, '')} |")
@@ -256,9 +290,14 @@ def main() -> None:
             recommend_latency(model, histories, name, out)
             del model
         del lm
-    recpo_step(names[0], out, users=2 if QUICK else 8, new_tokens=NEW)
-    if "1p5b" in names and dev.type == "cuda":
-        recpo_step("1p5b", out, users=4, new_tokens=512)
+    out["trl"] = TRL_NOT_MEASURED
+    runs = [(names[0], 2 if QUICK else 8, NEW)] + (
+        [("1p5b", 4, 512)] if "1p5b" in names and dev.type == "cuda" else []
+    )
+    for name, users, new_tokens in runs:
+        recpo_step(name, out, users, new_tokens)
+        if args.trl:
+            trl_step(name, data, out, users, new_tokens)
     keys = {"rollout_speedup_vs_hf_b64_smollm2": ("rollout_b64_smollm2", "speedup_vs_hf"),
             "rollout_speedup_vs_hf_b64_0p5b": ("rollout_b64_0p5b", "speedup_vs_hf"),
             "item_encode_mfu_smollm2": ("item_encode_smollm2", "mfu"),
@@ -267,7 +306,7 @@ def main() -> None:
         out[key] = out.get(a, {}).get(b)
     out["recommend_latency_b1_s_smollm2"] = out.get("recommend_latency_b1_s_smollm2")
     out["recommend_latency_b1_s_0p5b"] = out.get("recommend_latency_b1_s_0p5b")
-    out["recpo_speedup_vs_trl"] = None  # needs TRL's GRPOTrainer on the same setup (not installed here)
+    out["recpo_speedup_vs_trl"] = speedup_vs_trl(out, names)
     out["peak_mem_gib_1p5b"] = out.get("peak_mem_gib_1p5b")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{out['device'].replace(' ', '_')}-{out['date']}{'-quick' if QUICK else ''}.json"

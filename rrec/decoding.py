@@ -19,6 +19,7 @@ LoRA deltas change at each optimiser step; unmerged weights are referenced, not 
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 
 import torch
@@ -53,27 +54,38 @@ class DecoderPool:
     """Static decoders by row count, at most ``max_engines`` (least recently used dropped first).
 
     Args:
+        engine: what :meth:`for_rollout` decides with (``auto`` | ``static`` | ``hf``).
         max_engines: how many batch shapes to keep (each holds its own KV cache and CUDA graph).
         slot_step: cache slots are rounded up to a multiple of this, so prompts of similar length share
             an engine (and its graph).
     """
 
-    def __init__(self, max_engines: int = 4, slot_step: int = 64) -> None:
+    def __init__(self, engine: str = "auto", max_engines: int = 4, slot_step: int = 64) -> None:
         if max_engines < 1 or slot_step < 1:
             raise ValueError("max_engines and slot_step must be >= 1")
+        self.engine = check_engine(engine)
         self.max_engines, self.slot_step = max_engines, slot_step
         self.engines: OrderedDict[int, StaticDecoder] = OrderedDict()
+        self._model: weakref.ref | None = None  # the module the snapshot was taken from
 
     def clear(self) -> None:
         self.engines.clear()
+
+    def for_rollout(self, lm: nn.Module, rows: int, need: int) -> StaticDecoder | None:
+        """:meth:`get` when the pool's ``engine`` means the static decoder for ``lm``, else None (the HF
+        forward), as ``rrec.rollout.generate_reasoning``'s ``engine`` argument expects."""
+        if not use_static(self.engine, lm, lm.get_input_embeddings().weight.device):
+            return None
+        return self.get(lm, rows, need)
 
     def get(self, lm: nn.Module, rows: int, need: int) -> StaticDecoder:
         """An engine of ``rows`` rows and >= ``need`` slots holding ``lm``'s current weights."""
         emb = lm.get_input_embeddings().weight
         first = next(iter(self.engines.values()), None)
-        if first is not None and (first.device != emb.device or first.dtype != emb.dtype):
-            self.clear()  # the model moved or changed dtype: every snapshot is stale
-            first = None
+        same = self._model is not None and self._model() is lm
+        if first is not None and (not same or first.device != emb.device or first.dtype != emb.dtype):
+            self.clear()  # another model, or this one moved / changed dtype: every snapshot is stale
+        self._model = weakref.ref(lm)
         engine = self.engines.get(rows)
         if engine is None or engine.max_len < need:
             size = -(-need // self.slot_step) * self.slot_step

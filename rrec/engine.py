@@ -129,12 +129,12 @@ class StaticDecoder:
         self.valid = torch.zeros(rows, max_len, dtype=torch.bool, device=self.device)  # (n, L) keys
         self.length = 0  # filled slots
         self.weights: dict[str, Tensor | None] = {}
+        self._graph = None
         if share_weights is not None:
             self.weights, self.n_layers = share_weights.weights, share_weights.n_layers
         else:
             self.load(lm)
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
-        self._graph = None
         self._io: dict[str, Tensor] = {}
 
     @torch.no_grad()
@@ -155,12 +155,16 @@ class StaticDecoder:
             for name, mod in mods.items():
                 new[f"{i}.{name}"], new[f"{i}.{name}.bias"] = effective_weight(mod)
         for key, value in new.items():
+            computed = value is not None and not isinstance(value, nn.Parameter)  # a merged LoRA weight
             value = None if value is None else value.detach()
             old = self.weights.get(key)
             if old is None or value is None or old.data_ptr() == value.data_ptr():
                 self.weights[key] = value  # plain parameters are referenced, not copied
-            else:
-                old.copy_(value)
+            elif computed:
+                old.copy_(value)  # our merged copy, refreshed in place: a captured graph stays valid
+            else:  # a referenced parameter was replaced (never write into it): re-reference, recapture
+                self.weights[key] = value
+                self._graph = None
         self.n_layers = len(base.model.layers)
 
     def _linear(self, x: Tensor, name: str) -> Tensor:

@@ -12,6 +12,7 @@ Rows are prompt-major: row ``b*G + g`` is completion g of prompt b.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from rrec import distributed
+from rrec.decoding import DecoderPool
 from rrec.rollout import generate_reasoning, left_pad
 from rrec.training import rollout_seeds
 
@@ -110,16 +112,24 @@ def sample_completions(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
     row_seeds: Sequence[int] | None = None,
+    engine: str = "auto",
 ) -> TextRollout:
-    """G completions per prompt (greedy when ``do_sample`` is False), KV cache shared per prompt."""
+    """G completions per prompt (greedy when ``do_sample`` is False), KV cache shared per prompt.
+
+    ``engine`` (``rrec.decoding``): ``auto`` runs the static decoder with CUDA graphs on a GPU and the HF
+    forward on a CPU; ``static`` / ``hf`` force one. The decoders are kept per model (weakly: they go
+    with the model), so engines and captured graphs are reused from call to call.
+    """
     device = next(lm.parameters()).device
     stop, others = stop_ids(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop
     ids, mask = left_pad(prompts, pad, device)  # (B, P)
+    rows, need = ids.shape[0] * num_generations, ids.shape[1] + max_new_tokens + 1
+    decoder = _pool(lm, engine).for_rollout(lm, rows, need)
     roll = generate_reasoning(
         lm, ids, mask, answer_id=stop, pad_id=pad, eos_ids=others, max_new_tokens=max_new_tokens,
         num_generations=num_generations, do_sample=do_sample, temperature=temperature, top_k=top_k,
-        top_p=top_p, generator=generator, row_seeds=row_seeds, force_at_budget=False,
+        top_p=top_p, generator=generator, row_seeds=row_seeds, force_at_budget=False, engine=decoder,
     )  # fmt: skip
     ended = (roll.completion_ids == stop).any(1)  # (B*G,)
     texts = []
@@ -135,6 +145,16 @@ def sample_completions(
         ~ended,
         texts,
     )
+
+
+_POOLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {engine: DecoderPool}
+
+
+def _pool(lm: nn.Module, engine: str) -> DecoderPool:
+    pools = _POOLS.setdefault(lm, {})
+    if engine not in pools:
+        pools[engine] = DecoderPool(engine)
+    return pools[engine]
 
 
 def generate_texts(

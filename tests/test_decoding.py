@@ -167,3 +167,38 @@ def test_graph_check_keeps_a_good_capture_and_drops_a_bad_one(tokenizer, monkeyp
         eng.decode(nxt, pos + 1, torch.ones(2, dtype=torch.bool)),
         ref.decode(nxt, pos + 1, torch.ones(2, dtype=torch.bool)),
     )
+
+
+def test_loading_another_model_never_writes_into_the_first(tokenizer):
+    # plain parameters are referenced, not copied: loading a second model must re-reference them, not
+    # copy its values into the first model's tensors (which would silently change that model)
+    first, second = make_tiny_lm(tokenizer, seed=1), make_tiny_lm(tokenizer, seed=2)
+    kept = {n: p.detach().clone() for n, p in first.named_parameters()}
+    eng = StaticDecoder(first, rows=2, max_len=32)
+    eng.load(second)
+    for n, p in first.named_parameters():
+        assert torch.equal(p, kept[n]), n
+    ids, mask = _prompt(tokenizer)
+    torch.testing.assert_close(eng.prefill(ids, mask), final_hidden(second, ids, mask)[0][:, -1])
+    # the pool starts afresh for another model object
+    pool = DecoderPool(slot_step=16)
+    a = pool.get(first, rows=2, need=10)
+    b = pool.get(second, rows=2, need=10)
+    assert a is not b and list(pool.engines) == [2]
+
+
+def test_sibling_sampler_with_a_static_pool_equals_hf(tokenizer):
+    from rrec.text_rollout import _POOLS, sample_completions
+
+    lm = _lora(make_tiny_lm(tokenizer, seed=6))
+    prompts = [tokenizer("Rate Heat (1995).")["input_ids"], tokenizer("Hi")["input_ids"]]
+    kw = dict(num_generations=2, max_new_tokens=7, do_sample=False)
+    hf = sample_completions(lm, tokenizer, prompts, **kw)
+    st = sample_completions(lm, tokenizer, prompts, engine="static", **kw)
+    assert list(_POOLS[lm]["static"].engines) == [4]  # 2 prompts x G=2 rows ran on the static decoder
+    assert torch.equal(hf.completion_ids, st.completion_ids) and hf.texts == st.texts
+    assert torch.equal(hf.truncated, st.truncated)
+    torch.testing.assert_close(hf.logps, st.logps, rtol=1e-5, atol=1e-5)
+    # "auto" on a CPU keeps the HF forward: no engine is built
+    sample_completions(lm, tokenizer, prompts, **kw)
+    assert not _POOLS[lm]["auto"].engines

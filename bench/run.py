@@ -45,6 +45,8 @@ p.add_argument("--models", default="smollm2,0p5b,1p5b")
 p.add_argument("--out", type=Path, default=Path("bench/results"))
 p.add_argument("--write", type=Path, default=None, help="markdown file to put the results table into")
 p.add_argument("--trl", action="store_true", help="also time TRL's GRPOTrainer steps (item d)")
+p.add_argument("--merge", type=Path, nargs="+", default=None,
+               help="measure nothing: merge result JSONs of one device (e.g. two calls, split by --models)")  # fmt: skip
 args = p.parse_args()
 if args.trl and not trl_available():
     p.exit(2, TRL_MISSING + "\n")
@@ -269,7 +271,21 @@ def write_section(path: Path, section: str) -> None:
     path.write_text(text)
 
 
+def merge(paths: list[Path]) -> None:
+    """One JSON (and table) from several runs on the same device: later files add their keys."""
+    parts = [json.loads(path.read_text()) for path in paths]
+    if len({part["device"] for part in parts}) != 1:
+        raise SystemExit(f"--merge: runs from different devices: {[part['device'] for part in parts]}")
+    out = {k: v for part in parts for k, v in part.items() if v is not None}
+    names = [m for m in ("smollm2", "0p5b", "1p5b") if any(k.endswith("_" + m) for k in out)]
+    out["merged_from"] = [path.name for path in paths]
+    out["matmul_ceiling_tflop_s_runs"] = [part.get("matmul_ceiling_tflop_s") for part in parts]  # MFUs: own
+    save(summary(out, names))
+
+
 def main() -> None:
+    if args.merge:
+        return merge(args.merge)
     from recipes.prepare import ensure_default
     from rrec.data import load_prepared
 
@@ -298,6 +314,11 @@ def main() -> None:
         recpo_step(name, out, users, new_tokens)
         if args.trl:
             trl_step(name, data, out, users, new_tokens)
+    save(summary(out, names))
+
+
+def summary(out: dict, names: list[str]) -> dict:
+    """``out`` with the issue's headline keys filled from the per-model rows (None where not measured)."""
     keys = {"rollout_speedup_vs_hf_b64_smollm2": ("rollout_b64_smollm2", "speedup_vs_hf"),
             "rollout_speedup_vs_hf_b64_0p5b": ("rollout_b64_0p5b", "speedup_vs_hf"),
             "item_encode_mfu_smollm2": ("item_encode_smollm2", "mfu"),
@@ -308,6 +329,10 @@ def main() -> None:
     out["recommend_latency_b1_s_0p5b"] = out.get("recommend_latency_b1_s_0p5b")
     out["recpo_speedup_vs_trl"] = speedup_vs_trl(out, names)
     out["peak_mem_gib_1p5b"] = out.get("peak_mem_gib_1p5b")
+    return out
+
+
+def save(out: dict) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{out['device'].replace(' ', '_')}-{out['date']}{'-quick' if QUICK else ''}.json"
     path.write_text(json.dumps(out, indent=1))

@@ -45,8 +45,9 @@ p.add_argument("--models", default="smollm2,0p5b,1p5b")
 p.add_argument("--out", type=Path, default=Path("bench/results"))
 p.add_argument("--write", type=Path, default=None, help="markdown file to put the results table into")
 p.add_argument("--trl", action="store_true", help="also time TRL's GRPOTrainer steps (item d)")
-p.add_argument("--merge", type=Path, nargs="+", default=None,
-               help="measure nothing: merge result JSONs of one device (e.g. two calls, split by --models)")  # fmt: skip
+p.add_argument(
+    "--merge", type=Path, nargs="+", default=None, help="measure nothing: join the JSONs of one device's runs"
+)
 args = p.parse_args()
 if args.trl and not trl_available():
     p.exit(2, TRL_MISSING + "\n")

@@ -38,6 +38,11 @@ float32 ranking, no re-tokenisation). Defaults follow the paper (G=4, temperatur
 new tokens, LoRA rank 4 on all linear projections, lr 1e-5 with 32 warm-up steps); the demo config
 shortens the run to fit a 2-core CPU. Validated: the unit tests and short CPU runs; the paper-scale GPU
 run is not reproduced here.
+
+``rollout_engine=vllm`` (optional, one process, ``pip install -e .[vllm]``) samples the reasonings with
+vLLM (``rrec.vllm_backend``; the weights synced before every rollout, the states and log-probs from our
+HF model); the evaluations then decode with ``auto``. It has NOT been run against a real vLLM in this
+project: it is tested on CPU through a fake vLLM only (``tests/test_recipe_recpo_vllm.py``).
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ from pathlib import Path
 
 import torch
 
-from rrec import atomic_files, checkpoint, decoding, distributed, recpo, training
+from rrec import atomic_files, checkpoint, decoding, distributed, recpo, training, vllm_backend
 from rrec.config import config_from_argv, to_dict
 from rrec.metrics import rank_of_target
 
@@ -107,7 +112,9 @@ class RecPOConfig:
     keep_checkpoints: int = 0  # 0 keeps all; n: the newest n (older ones removed after a new one is complete)
     resume_from: str = ""  # a checkpoint folder, or "latest" (the newest in out_dir; none: a fresh start)
     row_seeds: bool = False  # one sampling seed per (step, user, g): independent of the process count
-    rollout_engine: str = "auto"  # auto: rrec.engine with CUDA graphs on GPU, HF forward on CPU | static | hf
+    # rollouts: auto (rrec.engine with CUDA graphs on GPU, HF forward on CPU) | static | hf | vllm (optional,
+    # one process, untested against a real vLLM; the evaluations then use auto)
+    rollout_engine: str = "auto"
     log_every: int = 1
     tensorboard: bool = True
 
@@ -184,6 +191,15 @@ def prepare(acc, model, opt, per_process_batch: int, max_grad_norm: float):
     return opt
 
 
+def start_vllm(model, out: Path, seed: int):
+    """rollout_engine=vllm: the model (LoRA merged) saved to ``out/vllm_model``, and a ``vllm.LLM`` on it.
+
+    ``max_model_len`` is the HF model's own context: a longer prompt + completion is out of its range too.
+    """
+    path = vllm_backend.save_for_vllm(model.lm, model.tokenizer, out / "vllm_model")
+    return vllm_backend.make_llm(path, max_model_len=model.lm.config.max_position_embeddings, seed=seed)
+
+
 def resume_path(resume_from: str, out: Path) -> Path | None:
     """The checkpoint to resume from: a folder, the newest in ``out`` for "latest", or None."""
     if not resume_from:
@@ -220,6 +236,18 @@ def main(argv: list[str] | None = None) -> dict:
     acc = Accelerator()
     rank, world = distributed.rank_and_world()
     deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
+    vllm = cfg.rollout_engine == "vllm"  # the rollouts only: the evaluations decode with auto
+    decoder = decoding.check_engine("auto" if vllm else cfg.rollout_engine)
+    if vllm and not vllm_backend.available():
+        raise ValueError(
+            "rollout_engine=vllm needs vllm, which is optional and has not been run against a real vLLM in "
+            "this project: pip install -e .[vllm] (on a CUDA machine), or use rollout_engine=auto"
+        )
+    if vllm and world > 1:
+        raise ValueError(
+            f"rollout_engine=vllm runs in one process only (one vLLM per process is not designed here), "
+            f"got {world} processes: launch without accelerate, or use rollout_engine=auto"
+        )
     if deepspeed and (cfg.save_every or cfg.resume_from):
         raise ValueError(
             "checkpoints are not implemented under DeepSpeed (ZeRO-2 shards the optimiser state)"
@@ -246,6 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
         start = state.step
         acc.print(f"resumed from {resume} at step {start}")
     opt = prepare(acc, model, opt, B // world, cfg.max_grad_norm)
+    llm = start_vllm(model, out, cfg.seed) if vllm else None  # one process (checked above)
     writer = None
     if cfg.tensorboard and acc.is_main_process:
         from torch.utils.tensorboard import SummaryWriter
@@ -253,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict:
         writer = SummaryWriter(str(out / "tb"), purge_step=start + 1 if start else None)
     log_lines = kept_log(out / "metrics.jsonl", start) if start else []
 
-    model.rollout_engine = decoding.check_engine(cfg.rollout_engine)  # the evaluations' decoder too
+    model.rollout_engine = decoder  # the evaluations' decoder
     t0 = time.time()
     if state is None:
         before, before_rows = run_eval(model, eval_df, cfg)
@@ -270,8 +299,13 @@ def main(argv: list[str] | None = None) -> dict:
         checkpoint.set_rng_state(state.rng, gen)
 
     history: list[dict] = []
-    static = decoding.use_static(cfg.rollout_engine, model.lm, model.device)
+    static = not vllm and decoding.use_static(decoder, model.lm, model.device)
     decoders = decoding.DecoderPool()
+    sampling = dict(
+        answer_id=model.answer_id, pad_id=model.pad_id, eos_ids=[model.tokenizer.eos_token_id],
+        max_new_tokens=cfg.max_completion_length, num_generations=G, do_sample=True,
+        temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+    )  # fmt: skip
     done, timed_out, t_train = cfg.steps, False, time.time()
     with checkpoint.sigterm_flag() as sigterm:
         for step in range(start, cfg.steps):
@@ -294,14 +328,21 @@ def main(argv: list[str] | None = None) -> dict:
                 if cfg.row_seeds
                 else None
             )
-            need = prompt_ids.shape[1] + cfg.max_completion_length + 1
-            engine = decoders.get(model.lm, len(rows) * G, need) if static else None  # current weights
-            roll = generate_reasoning(  # 2. G reasonings per user, ids kept
-                model.lm, prompt_ids, prompt_mask, answer_id=model.answer_id, pad_id=model.pad_id,
-                eos_ids=[model.tokenizer.eos_token_id], max_new_tokens=cfg.max_completion_length,
-                num_generations=G, do_sample=True, temperature=cfg.temperature, top_k=cfg.top_k,
-                top_p=cfg.top_p, generator=gen, row_seeds=seeds, engine=engine,
-            )  # fmt: skip
+            if llm is None:  # 2. G reasonings per user, ids kept
+                need = prompt_ids.shape[1] + cfg.max_completion_length + 1
+                engine = decoders.get(model.lm, len(rows) * G, need) if static else None  # current weights
+                roll = generate_reasoning(
+                    model.lm, prompt_ids, prompt_mask, generator=gen, row_seeds=seeds, engine=engine,
+                    **sampling,
+                )  # fmt: skip
+            else:  # vLLM gets the weights of the last optimiser step; row i of step s draws with vLLM seed
+                # seed * 2**32 + s*B*G + i (no two (seed, step, row) share one below 2**32 rows), or its
+                # row seed (row_seeds=true)
+                vllm_backend.sync_weights(llm, model.lm)
+                roll = vllm_backend.generate_reasoning_vllm(
+                    llm, model.lm, prompt_ids, prompt_mask, seed=cfg.seed * 2**32 + step * B * G,
+                    row_seeds=seeds, **sampling,
+                )  # fmt: skip
             with torch.no_grad():  # 3. reward against the full table, history masked
                 scores = model.score(roll.user_states)  # (B/W*G, N)
                 hist = training.history_mask(model, rows["history"].tolist(), scores.shape[1])

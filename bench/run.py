@@ -90,6 +90,7 @@ def load(name: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from rrec.assets import model_dir
+    from rrec.backbone import quiet_weight_loading
 
     tok = AutoTokenizer.from_pretrained(
         model_dir() if model_dir().exists() else "tests/assets/smollm2-tokenizer"
@@ -99,7 +100,8 @@ def load(name: str):
                           num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
         lm = LlamaForCausalLM(cfg)
     elif name == "smollm2":
-        lm = AutoModelForCausalLM.from_pretrained(model_dir())
+        with quiet_weight_loading():  # main() loads each model of its list in turn
+            lm = AutoModelForCausalLM.from_pretrained(model_dir())
     elif name == "0p5b":
         lm = qwen2(896, 4864, 24, 14)
     elif name == "1p5b":

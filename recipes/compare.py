@@ -33,9 +33,13 @@ Hugging Face folder).
 
 Every rank comes from :func:`rrec.metrics.rank_of_target` with each sample's history masked (the target
 never is); every interval is :func:`rrec.evaluation.summarize`'s percentile bootstrap over users (1,000
-resamples, seed 0). ``wall s`` / ``CPU s`` are the seconds a row took here (training included; for an
-LLM, its item table is counted in the first row that uses it); ``CPU s`` is this process's user + sys
-time, which on a shared machine is the steadier number.
+resamples, seed 0). Every row ranked here on the samples of a ``pop`` row (the same eval set) is
+also compared with it sample by sample: ``NDCG@10 - pop`` is the mean per-sample difference with its
+paired 95% bootstrap interval over users (:func:`rrec.evaluation.paired_ndcg`), and the printed verdict
+says "above" / "below most-popular" only when that interval excludes 0. LLM rows also report
+``tied_frac`` (targets tied with another item's score) in their JSON. ``wall s`` / ``CPU s`` are the
+seconds a row took here (training included; for an LLM, its item table is counted in the first row that
+uses it); ``CPU s`` is this process's user + sys time, which on a shared machine is the steadier number.
 
 Choices: ``seed`` draws the subset users *and* seeds baseline training. Defaults for the baselines'
 training (``epochs``, ``patience``) are set so that the three ML-100K baselines fit a 15-minute budget on
@@ -71,7 +75,7 @@ from rrec import assets, backbone
 from rrec.baselines import GRU4Rec, Popularity, SASRec, popularity_counts, score_split, train_sequential
 from rrec.config import ConfigError, config_from_argv
 from rrec.data import PreparedData, load_prepared
-from rrec.evaluation import evaluate_samples, select_samples, summarize
+from rrec.evaluation import evaluate_samples, paired_ndcg, paired_verdict, select_samples, summarize
 
 KS = (5, 10, 20)
 BASELINES = ("pop", "sasrec", "gru4rec")
@@ -275,14 +279,16 @@ def fit_baseline(
 
 def load_llm(path: str, cfg: Config, data: PreparedData, dtype: torch.dtype, device: str) -> Any:
     """A ``ReasoningRecommender`` from ``path`` ("": the embedded default) with its item table built."""
+    from rrec.backbone import quiet_weight_loading
     from rrec.model import ReasoningRecommender  # transformers is imported only when an LLM row needs it
 
     folder = Path(path) if path else assets.model_dir()
     if not path and not (folder / "config.json").exists():
         folder = assets.fetch_model()
-    model = ReasoningRecommender.from_pretrained(
-        folder, dtype=dtype, device=device, catalog=data.items, max_new_tokens=cfg.max_new_tokens
-    )
+    with quiet_weight_loading():  # called in the loop over LLM rows
+        model = ReasoningRecommender.from_pretrained(
+            folder, dtype=dtype, device=device, catalog=data.items, max_new_tokens=cfg.max_new_tokens
+        )
     model.build_item_table(batch_size=cfg.item_batch_size)
     return model
 
@@ -311,7 +317,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: 
 def comparison_table(rows: Sequence[Row]) -> str:
     """The comparison as Markdown: one line per row, full-split rows first."""
     header = ["method", "eval set", *(f"Hit@{k}" for k in KS), *(f"NDCG@{k}" for k in KS), "MRR"]
-    header += ["NDCG@10 95% CI", "samples", "users", "wall s", "CPU s"]
+    header += ["NDCG@10 95% CI", "NDCG@10 - pop (paired 95% CI)", "samples", "users", "wall s", "CPU s"]
     order = {"full": 0, "subset": 1, "other": 2}
     cells = []
     for row in sorted(rows, key=lambda r: order[r.eval_set]):  # stable: keeps the method order
@@ -320,8 +326,10 @@ def comparison_table(rows: Sequence[Row]) -> str:
         values = [m[f"hit@{k}"] for k in KS] + [m[f"ndcg@{k}"] for k in KS] + [m["mrr"]]
         seconds = ["-" if s is None else f"{s:.{0 if s >= 10 else 1}f}" for s in (row.wall_s, row.cpu_s)]
         ci = f"[{low:.4f}, {high:.4f}]"
+        vs = m.get("ndcg@10_vs_pop")
+        vs_cell = "-" if vs is None else f"{vs['mean']:+.4f} [{vs['ci95'][0]:+.4f}, {vs['ci95'][1]:+.4f}]"
         counts = [f"{m['n_samples']:,}", f"{m['n_users']:,}"]
-        cells.append([row.name, row.eval_set, *(f"{v:.4f}" for v in values), ci, *counts, *seconds])
+        cells.append([row.name, row.eval_set, *(f"{v:.4f}" for v in values), ci, vs_cell, *counts, *seconds])
     return markdown_table(header, cells, [False, False, *[True] * (len(header) - 2)])
 
 
@@ -451,13 +459,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"subset: {len(subset):,} samples from {subset['user_id'].nunique():,} users")
 
     rows: list[Row] = []
+    per_sample: dict[tuple[str, str], list[dict]] = {}  # (eval set, name) -> (user, target, rank) rows
 
-    def add(name: str, eval_set: str, ranks: torch.Tensor, users: list, since: tuple, note: str) -> None:
+    def add(name: str, eval_set: str, ranks: torch.Tensor, samples: pd.DataFrame, since: tuple, note: str,
+            tied: torch.Tensor | None = None) -> None:  # fmt: skip
         wall, cpu = time.perf_counter() - since[0], time.process_time() - since[1]
-        m = summarize(ranks, [str(u) for u in users], KS)
+        users = samples["user_id"].astype(str).tolist()
+        m = summarize(ranks, users, KS, tied=tied)
         m |= {"dataset": data.name, "method": name, "samples_sha": shas.get(eval_set), "wall_s": wall}
-        (out / eval_set).mkdir(exist_ok=True)
-        (out / eval_set / f"{name}.json").write_text(json.dumps(m, indent=2) + "\n")
+        per_sample[eval_set, name] = [
+            {"user_id": u, "target": t, "rank": r}
+            for u, t, r in zip(users, samples["target"].astype(str), ranks.tolist(), strict=True)
+        ]
         rows.append(Row(name, eval_set, m, wall, cpu, note))
         print(f"{name:>20} {eval_set:>6}: ndcg@10 {m['ndcg@10']:.4f}  hit@10 {m['hit@10']:.4f}  {wall:.0f} s")
 
@@ -467,11 +480,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
             since = time.perf_counter(), time.process_time()
             model, note = fit_baseline(plan, cfg, data, device, out)
             ranks = score_split(model, test, item_ids, cfg.mask_history, device=device)
-            add(plan.name, "full", ranks, test["user_id"].tolist(), since, note)
+            add(plan.name, "full", ranks, test, since, note)
             if on_subset:
                 since = time.perf_counter(), time.process_time()
                 ranks = score_split(model, subset, item_ids, cfg.mask_history, device=device)
-                add(plan.name, "subset", ranks, subset["user_id"].tolist(), since, "")
+                add(plan.name, "subset", ranks, subset, since, "")
 
     # ---- LLM rows on the subset (one load and item table per model folder) --------------------------------
     loaded: dict[str, Any] = {}
@@ -494,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 f"greedy reasoning, at most {cfg.max_new_tokens} new tokens, <answer> forced in {forced:.0f}%"
             )
         note += f"{plan.path or 'SmolLM2-135M-Instruct (embedded default)'}; {how}"
-        add(plan.name, "subset", res.ranks, res.user_ids, since, note)
+        add(plan.name, "subset", res.ranks, subset, since, note, res.tied)
 
     # ---- precomputed rows --------------------------------------------------------------------------------
     for plan in plans:
@@ -507,6 +520,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
                     f"; its samples are neither the full split nor the subset ({m['n_samples']:,} samples)"
                 )
             rows.append(Row(plan.name, where, m, seconds, None, note))
+
+    # ---- each row ranked here vs most-popular on the same samples (paired), then the per-row files -----
+    for row in rows:
+        pop, mine = per_sample.get((row.eval_set, "pop")), per_sample.get((row.eval_set, row.name))
+        if pop is not None and mine is not None and row.name != "pop":
+            d = paired_ndcg(mine, pop)
+            vs = {"mean": d.mean, "ci95": [d.low, d.high], "frac_positive": d.frac_positive}
+            row.metrics["ndcg@10_vs_pop"] = vs
+            verdict = paired_verdict(d, "above most-popular", "below most-popular")
+            print(f"{row.name} vs pop ({row.eval_set}): {verdict}")
+        if (row.eval_set, row.name) in per_sample:
+            (out / row.eval_set).mkdir(exist_ok=True)
+            (out / row.eval_set / f"{row.name}.json").write_text(json.dumps(row.metrics, indent=2) + "\n")
 
     # ---- table, files, results_md ------------------------------------------------------------------------
     info = {

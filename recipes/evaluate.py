@@ -24,6 +24,10 @@ Departures and choices:
 * 95% intervals are percentile bootstraps over users (:func:`rrec.metrics.bootstrap_ci`, 1,000 resamples,
   seed 0) for every reported metric, not only the two that :func:`rrec.evaluation.summarize` gives.
 * ``reasoning/mean_tokens`` re-tokenizes the decoded reasoning text: a report, not a training quantity.
+* Ranks break ties in the target's favour (:func:`rrec.metrics.rank_of_target`); ``tied_frac`` in
+  ``metrics.json`` (and the printed summary) is the fraction of samples whose target was tied with another
+  ranked item, so a model that scores everything alike cannot pass for a good one. Most-popular ties
+  often: items with the same train count.
 """
 
 from __future__ import annotations
@@ -43,11 +47,10 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor
 
-from recipes import prepare as prepare_recipe
 from rrec import assets, backbone
 from rrec.baselines import popularity_counts
 from rrec.config import ConfigError, config_from_argv
-from rrec.data import load_prepared
+from rrec.data import ensure_default, load_prepared
 from rrec.evaluation import evaluate_samples, per_user_rows, select_samples, summarize
 from rrec.metrics import bootstrap_ci, per_sample_ndcg
 
@@ -95,9 +98,10 @@ class PopularityScorer:
         return self.counts[None, :].expand(states.shape[0], -1)  # (B, N)
 
 
-def with_intervals(ranks: Tensor, user_ids: list[str]) -> dict:
-    """:func:`summarize` plus a 95% bootstrap interval over users for every metric."""
-    out = summarize(ranks, user_ids, KS)
+def with_intervals(ranks: Tensor, user_ids: list[str], tied: Tensor | None = None) -> dict:
+    """:func:`summarize` (with ``tied_frac`` when ``tied`` is given) plus a 95% bootstrap interval over
+    users for every metric."""
+    out = summarize(ranks, user_ids, KS, tied=tied)
     per_sample = {f"hit@{k}": (ranks <= k).double() for k in KS}
     per_sample |= {f"ndcg@{k}": per_sample_ndcg(ranks, k) for k in KS}
     per_sample["mrr"] = 1.0 / ranks.double()
@@ -153,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     t_start = time.perf_counter()
 
     # ---- data and the shared sample selection ----------------------------------------------------------
-    prepared = Path(cfg.prepared) if cfg.prepared else prepare_recipe.ensure_default()
+    prepared = Path(cfg.prepared) if cfg.prepared else ensure_default()
     data = load_prepared(prepared)
     if cfg.split not in data.splits:
         raise ConfigError(f"split {cfg.split!r} not in {prepared} (has {sorted(data.splits)})")
@@ -220,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise AssertionError(f"ranks outside [1, {len(item_ids)}]")
 
     # ---- write --------------------------------------------------------------------------------------------
-    metrics = with_intervals(res.ranks, res.user_ids)
+    metrics = with_intervals(res.ranks, res.user_ids, res.tied)
     metrics |= {"method": tag, "dataset": data.name, "split": cfg.split, "n_items": len(item_ids)}
     metrics["samples_sha"] = samples_sha
     metrics["samples_per_s"] = len(samples) / times["evaluate_s"]
@@ -249,7 +253,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             f"{100 * metrics['reasoning/forced_rate']:.0f}%"
         )
     print(
-        f"{metrics['n_samples']:,} samples, {metrics['n_users']:,} users; evaluate "
+        f"{metrics['n_samples']:,} samples, {metrics['n_users']:,} users; target tied with another item in "
+        f"{100 * metrics['tied_frac']:.1f}% of samples; evaluate "
         f"{times['evaluate_s']:.1f} s, total {times['total_s']:.1f} s{extra} -> {out}"
     )
     return metrics

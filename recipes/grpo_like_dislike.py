@@ -13,7 +13,7 @@ Per step, ``method=grpo``: B training samples -> the prompt (system turn with th
 with the last H rated titles marked Liked / Disliked and the target, ``rrec.tasks.like_dislike``) -> G
 sampled completions (ids kept, cut at the end-of-turn token or ``max_completion_length``) -> the three
 rewards (correctness, strict format, soft format), weighted and summed -> group advantages ->
-``rrec.grpo.grpo_update`` (``num_iterations`` clipped steps; k3 KL to the adapter-disabled model when
+``rrec.grpo.grpo_update`` (``num_iterations`` clipped steps; k3 KL to the starting policy when
 ``beta_kl`` > 0). ``method=sft``: the same B samples, cross-entropy of the target text
 ``<answer>\\nYes\\n</answer>`` (or No, from the label) followed by the end-of-turn token
 (``rrec.grpo.sft_loss``): the model learns the answer without any reasoning. Before and after training
@@ -83,7 +83,7 @@ class LikeDislikeConfig:
     epsilon_high: float | None = None  # None: = epsilon
     loss_type: str = "grpo"  # grpo | bnpo | dr_grpo | dapo
     advantage: str = "grpo"  # grpo | rloo | none
-    beta_kl: float = 0.0  # TRL's current default (no reference model); > 0 needs lora
+    beta_kl: float = 0.0  # TRL's current default (no reference model)
     correctness_weight: float = 2.0  # the GSM8K "reasoning/answer" GRPO demo's weights
     strict_format_weight: float = 0.5
     soft_format_weight: float = 0.5
@@ -103,7 +103,7 @@ def load_views(cfg: LikeDislikeConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     if cfg.prepared:
         data = load_prepared(cfg.prepared)
     else:
-        from recipes.prepare import ensure_default
+        from rrec.data import ensure_default
 
         data = load_prepared(ensure_default())
     kw = {"history": cfg.history, "like_threshold": cfg.like_threshold}
@@ -176,8 +176,6 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = config_from_argv(LikeDislikeConfig, argv)
     if cfg.method not in ("grpo", "sft"):
         raise ValueError(f"method must be 'grpo' or 'sft', got {cfg.method!r}")
-    if cfg.beta_kl > 0 and not cfg.lora:
-        raise ValueError("beta_kl > 0 needs lora=true (the KL reference is the adapter-disabled model)")
     out = Path(cfg.out_dir)
     device, main_process = distributed.start_run(out, to_dict(cfg), cfg.device)
     rank, world = distributed.rank_and_world()
@@ -202,6 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
     weights = [cfg.correctness_weight, cfg.strict_format_weight, cfg.soft_format_weight]
     params = training.trainable_parameters(lm)
     distributed.broadcast_parameters(params)  # every process starts from process 0's weights
+    reference = training.reference_policy(lm, cfg.beta_kl)  # LoRA: adapter off; full: a frozen copy
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_constant_schedule_with_warmup(opt, cfg.warmup_steps)
     batches = training.sample_batches(train, B, cfg.seed)
@@ -229,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
                 lm, params, opt, sched, roll, adv, num_iterations=cfg.num_iterations,
                 temperature=cfg.temperature, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
                 loss_type=cfg.loss_type, max_completion_length=cfg.max_completion_length,
-                beta_kl=cfg.beta_kl, max_grad_norm=cfg.max_grad_norm,
+                beta_kl=cfg.beta_kl, reference=reference, max_grad_norm=cfg.max_grad_norm,
             )  # fmt: skip
             parsed = [ld.parse_answer(t) for t in roll.texts]
             flags = torch.tensor([[p is not None, p is True] for p in parsed], dtype=torch.float32)

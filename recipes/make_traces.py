@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if cfg.amazon_reviews:
         data = rating.load_amazon2023_rating(cfg.amazon_reviews, cfg.amazon_meta, max_history=cfg.history)
     else:
-        from recipes.prepare import ensure_default
+        from rrec.data import ensure_default
 
         data = load_prepared(cfg.prepared or ensure_default())
     rows = rating.rating_view(data.splits[cfg.split], data.items, history=cfg.history)

@@ -14,13 +14,13 @@
 Writes ``<out_dir>`` (default ``<cache>/prepared/<name>-<split>``, plus ``-h<H>`` when ``max_history`` is
 not 20) with :func:`rrec.data.save_prepared`, and a ``prepare.json`` recording the config. A folder that
 already holds the same config is reused (``force=true`` rebuilds it); one prepared from a different config
-is an error rather than a silent reuse. Prints the statistics table either way.
+is an error rather than a silent reuse. Prints the statistics table either way. The rule, and the default
+dataset (``ensure_default``), live in :mod:`rrec.data.default`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,18 +30,17 @@ from rrec import assets
 from rrec.config import ConfigError, config_from_argv
 from rrec.data import (
     PreparedData,
-    format_stats,
     load_amazon18_cds,
     load_amazon18_scientific,
     load_amazon2023,
     load_movielens,
     load_recbole_atomic,
     prepare,
-    save_prepared,
-    split_stats,
 )
+from rrec.data.default import RECORD_FILE as RECORD_FILE  # re-exported (recipes/compare.py reads it)
+from rrec.data.default import ensure_default as ensure_default  # moved to the library; kept for callers
+from rrec.data.default import prepare_once
 
-RECORD_FILE = "prepare.json"
 FILE_SPLITS = ("amazon18-scientific", "amazon18-cds")  # datasets that come with their own split
 
 
@@ -110,25 +109,7 @@ def run(cfg: Config) -> Path:
         raise ConfigError(f"split must be 'temporal' or 'loo', got {cfg.split!r}")
     out = Path(cfg.out_dir).expanduser() if cfg.out_dir else default_out_dir(cfg)
     record = {k: v for k, v in dataclasses.asdict(cfg).items() if k in ("dataset", "split", "max_history")}
-    done = out / RECORD_FILE
-    if done.exists() and not cfg.force:
-        previous = json.loads(done.read_text())
-        if previous != record:
-            raise ConfigError(f"{out} was prepared with {previous}, not {record}; pass force=true to rebuild")
-        print(f"reusing {out} (force=true rebuilds it)")
-        print(format_stats(json.loads((out / "stats.json").read_text())))
-        return out
-    print(f"preparing {cfg.dataset} ({cfg.split}, max_history={cfg.max_history}) -> {out}", flush=True)
-    data = build(cfg)
-    save_prepared(data, out)
-    done.write_text(json.dumps(record, indent=2) + "\n")
-    print(format_stats(split_stats(data)))
-    return out
-
-
-def ensure_default() -> Path:
-    """The default prepared dataset (ML-100K, temporal), built on first use."""
-    return run(Config())
+    return prepare_once(out, record, lambda: build(cfg), force=cfg.force)
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.prepared:
         data = load_prepared(cfg.prepared)
     else:
-        from recipes.prepare import ensure_default
+        from rrec.data import ensure_default
 
         data = load_prepared(ensure_default())
     train = data.splits["train"]
@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
     pad = tok.pad_token_id if tok.pad_token_id is not None else stop
     params = training.trainable_parameters(lm)
     distributed.broadcast_parameters(params)  # every process starts from process 0's weights
+    reference = training.reference_policy(lm, cfg.beta_kl)  # the loaded policy (LoRA: adapter off)
     log_lines: list[str] = []
     history: list[dict] = []
 
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
             lm, params, opt, sched, roll, adv, num_iterations=cfg.num_iterations,
             temperature=cfg.temperature, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
             loss_type=cfg.loss_type, max_completion_length=cfg.max_completion_length, beta_kl=cfg.beta_kl,
-            max_grad_norm=cfg.max_grad_norm,
+            reference=reference, max_grad_norm=cfg.max_grad_norm,
         )  # fmt: skip
         lengths = torch.stack([roll.completion_mask.sum(1).float(), roll.truncated.float()], 1).cpu()
         per_row = distributed.gather_rows(torch.cat([rewards[:, None], parts, lengths], 1).to(device)).cpu()

@@ -13,7 +13,8 @@ Stages:
      learning rate;
   2. with LoRA: the SFT adapter is merged into the weights (``merge_and_unload``) and RL starts with a
      fresh adapter, so the KL reference of the RL stage (the adapter-disabled model) is the SFT model,
-     not the original one; without LoRA both stages train all weights (``beta_kl`` must be 0);
+     not the original one; without LoRA both stages train all weights and the KL reference is a frozen
+     copy of the SFT weights (``rrec.training.reference_policy``);
   3. RL: ``recipes.reczero.rl_loop`` with the same config keys as RecZero.
 The held-out samples are evaluated before SFT, after SFT and after RL; outputs as RecZero's, plus
 eval_after_sft.jsonl; metrics.jsonl holds the SFT lines (``stage: sft``) before the RL lines.
@@ -122,8 +123,6 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = config_from_argv(RecOneConfig, argv)
     if not cfg.traces:
         raise ValueError("traces=<file.jsonl> is required (make one with python -m recipes.make_traces)")
-    if cfg.beta_kl > 0 and not cfg.lora:
-        raise ValueError("beta_kl > 0 needs lora=true (the KL reference is the adapter-disabled model)")
     out = Path(cfg.out_dir)
     device, main_process = distributed.start_run(out, to_dict(cfg), cfg.device)
     say = print if main_process else (lambda *a, **k: None)

@@ -10,7 +10,7 @@ writes the files; ``row_seeds=true`` makes the sampled completions independent o
 Per step: B training samples -> the prompt (system turn with the template, user turn with the last H
 rated titles and the target, ``rrec.tasks.rating``) -> G sampled completions (ids kept, cut at the
 end-of-turn token or ``max_completion_length``) -> format + answer rewards summed -> group advantages ->
-``rrec.grpo.grpo_update`` (``num_iterations`` clipped steps, k3 KL to the adapter-disabled model when
+``rrec.grpo.grpo_update`` (``num_iterations`` clipped steps, k3 KL to the starting policy when
 ``beta_kl`` > 0). Before and after training the same held-out samples (a seeded draw of ``eval_samples``
 rows of ``eval_split``) are answered greedily and scored (MAE, RMSE, parse rate; an unparseable answer
 counts as the global training mean, see ``rrec.tasks.rating``), next to the global-mean, user-mean and
@@ -79,7 +79,7 @@ class RecZeroConfig:
     epsilon_high: float | None = None  # None: = epsilon
     loss_type: str = "grpo"  # grpo | bnpo | dr_grpo | dapo
     advantage: str = "grpo"  # grpo | rloo | none
-    beta_kl: float = 0.001  # k3 KL to the adapter-disabled model (usual GRPO value; needs lora)
+    beta_kl: float = 0.001  # k3 KL to the RL stage's starting policy (usual GRPO value)
     format_reward: float = 0.5  # +/- for a valid / invalid format (a public reimplementation: 1)
     max_error: float = 4.0  # answer = 1 - |y - y_hat| / max_error (4: widest error on 1-5; reimpl.: 2)
     eval_split: str = "test"
@@ -102,7 +102,7 @@ def load_views(cfg: RecZeroConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     elif cfg.prepared:
         data = load_prepared(cfg.prepared)
     else:
-        from recipes.prepare import ensure_default
+        from rrec.data import ensure_default
 
         data = load_prepared(ensure_default())
     train = rating.rating_view(data.splits["train"], data.items, history=cfg.history)
@@ -181,8 +181,7 @@ def rl_loop(
     from tqdm.auto import tqdm
     from transformers import get_constant_schedule_with_warmup
 
-    if cfg.beta_kl > 0 and not hasattr(lm, "disable_adapter"):
-        raise ValueError("beta_kl > 0 needs lora=true (the KL reference is the adapter-disabled model)")
+    reference = training.reference_policy(lm, cfg.beta_kl)  # LoRA: adapter off; full: a frozen copy
     G, B = cfg.num_generations, cfg.batch_size
     rank = distributed.rank_and_world()[0]
     params = training.trainable_parameters(lm)
@@ -215,7 +214,7 @@ def rl_loop(
         st = grpo.grpo_update(
             lm, params, opt, sched, roll, adv, num_iterations=cfg.num_iterations, temperature=cfg.temperature,
             epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, loss_type=cfg.loss_type,
-            max_completion_length=cfg.max_completion_length, beta_kl=cfg.beta_kl,
+            max_completion_length=cfg.max_completion_length, beta_kl=cfg.beta_kl, reference=reference,
             max_grad_norm=cfg.max_grad_norm,
         )  # fmt: skip
         flags = torch.tensor([[p is not None] for p in parsed], dtype=torch.float32)

@@ -12,7 +12,10 @@ Per step: B samples -> user states at ``<answer>`` (no reasoning) and the item s
 both with gradient -> cross-entropy of ``cos(user, item) / temperature`` over the batch's targets (other
 users' targets are the negatives; a target that two users share is not counted as a negative for
 either). Evaluation is the same full-catalog evaluator, without reasoning. Model setup, LoRA and the
-evaluation subset are shared with ``train_recpo`` so the two are compared on the same users.
+evaluation subset are shared with ``train_recpo`` so the two are compared on the same users. As there,
+the evaluations every ``eval_every`` steps run on a subset of ``valid_split`` (``valid/ndcg@10`` lines
+of metrics.jsonl) and ``eval_split`` (test) is evaluated only before and after training, on the same
+samples (the "before" numbers are reported beside the "after" ones; nothing in training reads them).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from recipes.train_recpo import kept_log, prepare, resume_path, run_eval, setup
+from recipes.train_recpo import prepare, run_eval, setup
 from rrec import atomic_files, checkpoint, distributed, training
 from rrec.config import config_from_argv, to_dict
 
@@ -53,8 +56,11 @@ class ContrastiveConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     refresh_every: int = 0  # the table is rebuilt for every evaluation; training needs no table
-    eval_every: int = 0
-    eval_split: str = "test"
+    eval_every: int = 0  # mid-training evaluations on valid_split; 0: only before and after training
+    eval_split: str = "test"  # before and after training only
+    valid_split: str = "valid"
+    valid_users: int | None = 32
+    valid_samples_per_user: int | None = 1
     eval_users: int | None = 32
     eval_samples_per_user: int | None = 1
     eval_max_new_tokens: int = 128  # unused without reasoning; kept for the shared evaluator
@@ -93,6 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
     from accelerate.utils import DistributedType
     from transformers import get_constant_schedule_with_warmup
 
+    from rrec.evaluation import select_samples
+
     argv = sys.argv[1:] if argv is None else argv
     cfg = config_from_argv(ContrastiveConfig, argv)
     acc = Accelerator()
@@ -109,11 +117,15 @@ def main(argv: list[str] | None = None) -> dict:
         atomic_files.atomic_write_json(out / "config.json", to_dict(cfg))
     with acc.main_process_first():  # process 0 fetches / prepares the default data first, once
         model, data, eval_df = setup(cfg, acc.device)
+    valid_df = None
+    if cfg.eval_every:
+        split = data.splits[cfg.valid_split]
+        valid_df = select_samples(split, cfg.valid_users, cfg.valid_samples_per_user, cfg.seed)
     params = training.trainable_parameters(model.lm)
     distributed.broadcast_parameters(params)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_constant_schedule_with_warmup(opt, cfg.warmup_steps)
-    resume = resume_path(cfg.resume_from, out)
+    resume = training.resume_path(cfg.resume_from, out)
     start, state = 0, None
     if resume is not None:
         state = checkpoint.load_checkpoint(resume, model=model, optimizer=opt, scheduler=sched, rank=rank,
@@ -129,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
         checkpoint.set_rng_state(state.rng)
     acc.print(f"eval before: ndcg@10={before['ndcg@10']:.4f} hit@10={before['hit@10']:.4f}")
     batches = training.sample_batches(data.splits["train"], cfg.users_per_step, cfg.seed, start=start)
-    log_lines = kept_log(out / "metrics.jsonl", start) if start else []
+    log_lines = training.kept_log(out / "metrics.jsonl", start) if start else []
     history = []
     done, timed_out, t_train = cfg.steps, False, time.time()
     with checkpoint.sigterm_flag() as sigterm:
@@ -162,9 +174,9 @@ def main(argv: list[str] | None = None) -> dict:
                 atomic_files.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
                 acc.print(f"step {step + 1}/{cfg.steps} loss {rec['train/loss']:.4f}")
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
-                mid, _ = run_eval(model, eval_df, cfg, reasoning=False)
+                mid, _ = run_eval(model, valid_df, cfg, reasoning=False)  # test: before and after only
                 if acc.is_main_process:
-                    log_lines.append(json.dumps({"step": step + 1, "eval/ndcg@10": mid["ndcg@10"]}) + "\n")
+                    log_lines.append(json.dumps({"step": step + 1, "valid/ndcg@10": mid["ndcg@10"]}) + "\n")
                     atomic_files.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
             if training.out_of_time(t_train, cfg.max_train_minutes, model.device):
                 done, timed_out = step + 1, step + 1 < cfg.steps

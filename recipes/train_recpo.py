@@ -27,11 +27,20 @@ Per step, in the order of the paper's Algorithm 1:
   1. every ``refresh_every`` steps rebuild the whole item table; every step re-encode the batch's
      target items and write them into the table (before sampling and rewarding);
   2. sample G reasonings per user (temperature / top-k / top-p), keeping the sampled ids;
-  3. score the user states at ``<answer>`` against the full table (history masked), fused reward;
-  4. group advantages; old log-probs from a teacher-forced pass on exactly the sampled ids (when
-     ``num_iterations`` >= 2; with 1 the ratio is 1 by construction, as in TRL);
-  5. ``num_iterations`` PPO epochs over the rollout batch: token-level clipped loss on reasoning tokens
-     plus the item action on each group's best trajectory (``rrec.recpo.recpo_loss``).
+  3. score the user states at ``<answer>`` against the full table (history masked, never the target),
+     fused reward (ties count against the target);
+  4. group advantages;
+  5. ``num_iterations`` PPO epochs over the rollout batch, each one teacher-forced pass on exactly the
+     sampled ids: token-level clipped loss on the sampled reasoning tokens (a forced ``<answer>`` is left
+     out unless ``train_forced_answer``) plus the item action on each group's best trajectory
+     (``rrec.recpo.recpo_loss``); the old log-probs, tokens and item action, are the first epoch's,
+     detached (the ratio is exactly 1 there, ``train/ratio_mean_first``).
+
+Evaluations: every ``eval_every`` steps on a fixed subset of ``valid_split`` (``valid/...`` lines of
+metrics.jsonl); ``eval_split`` (test) is touched only before and after training, on the same samples:
+the "before" evaluation of the untrained model is reported beside the "after" one (nothing in training
+reads it). ``beta_kl`` > 0: the k3 KL to the starting policy (``rrec.training.reference_policy``: the
+adapter-disabled model with LoRA, a frozen copy with full fine-tuning).
 
 Departures from the paper, all deliberate: see ``rrec/recpo.py`` (real old log-probs, correct RLOO,
 float32 ranking, no re-tokenisation). Defaults follow the paper (G=4, temperature 1.5, top-k 200, 512
@@ -99,11 +108,15 @@ class RecPOConfig:
     reward_mode: str = "convex"  # convex (official code) | additive (paper text)
     ndcg_k: int = 1000
     beta_kl: float = 0.0
+    train_forced_answer: bool = False  # keep forced <answer> tokens (not sampled) in the token term
     item_weight: float = 1.0
     item_grad: bool = True  # the batch targets' item states carry gradient in the item action
     refresh_every: int = 50  # full item-table rebuild period (steps)
-    eval_every: int = 0  # 0: only before and after training
-    eval_split: str = "test"
+    eval_every: int = 0  # mid-training evaluations on valid_split; 0: only before and after training
+    eval_split: str = "test"  # before and after training only
+    valid_split: str = "valid"
+    valid_users: int | None = 32
+    valid_samples_per_user: int | None = 1
     eval_users: int | None = 32
     eval_samples_per_user: int | None = 1
     eval_max_new_tokens: int = 128
@@ -122,20 +135,18 @@ class RecPOConfig:
 def setup(cfg: RecPOConfig, device: torch.device | str | None = None):
     """Model (+LoRA), prepared data, evaluation subset: shared with the contrastive recipe.
 
-    ``device`` is the accelerator's (one GPU per process) and applies when ``cfg.device`` is auto."""
+    ``device`` is the accelerator's (one GPU per process) and applies when ``cfg.device`` is auto. With
+    ``lora``, the ``<answer>`` rows train with the adapter; a ``model`` folder that already holds a LoRA
+    adapter (a saved rrec model) continues that adapter, with its own rank and alpha, rather than
+    wrapping a second one."""
     from rrec.assets import fetch, model_dir
-    from rrec.backbone import apply_lora, parse_dtype
-    from rrec.data import load_prepared
+    from rrec.backbone import apply_lora, continue_adapter, is_peft, parse_dtype
+    from rrec.data import ensure_default, load_prepared
     from rrec.evaluation import select_samples
     from rrec.model import ReasoningRecommender
 
     torch.manual_seed(cfg.seed)
-    if cfg.prepared:
-        data = load_prepared(cfg.prepared)
-    else:
-        from recipes.prepare import ensure_default
-
-        data = load_prepared(ensure_default())
+    data = load_prepared(cfg.prepared or ensure_default())
     path = cfg.model or str(fetch(datasets=())["model"] if not model_dir().exists() else model_dir())
     if cfg.device != "auto":
         device = cfg.device
@@ -147,10 +158,15 @@ def setup(cfg: RecPOConfig, device: torch.device | str | None = None):
     model = ReasoningRecommender.from_pretrained(
         path, dtype=dtype, device=device, catalog=data.items, max_history=cfg.max_history
     )
-    if cfg.lora:
-        model.lm = apply_lora(model.lm, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
+    if is_peft(model.lm) and not cfg.lora:
+        raise ValueError(f"{path} holds a LoRA adapter: continue it with lora=true, or merge it first")
+    if is_peft(model.lm):
+        model.lm = continue_adapter(model.lm)
+    elif cfg.lora:
+        model.lm = apply_lora(model.lm, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                              trainable_tokens=[model.answer_id])  # fmt: skip
     if cfg.gradient_checkpointing:
-        model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.lm.enable_input_require_grads()
     eval_df = select_samples(data.splits[cfg.eval_split], cfg.eval_users, cfg.eval_samples_per_user, cfg.seed)
     return model, data, eval_df
@@ -172,7 +188,8 @@ def run_eval(model, eval_df, cfg, reasoning: bool = True) -> tuple[dict, list[di
         )  # fmt: skip
         rows = per_user_rows(res)
     rows = [r for part in distributed.gather_objects(rows) for r in part]  # sample order
-    return summarize(torch.tensor([r["rank"] for r in rows]), [r["user_id"] for r in rows]), rows
+    ranks, users = torch.tensor([r["rank"] for r in rows]), [r["user_id"] for r in rows]
+    return summarize(ranks, users, tied=[bool(r["tied"]) for r in rows]), rows
 
 
 def prepare(acc, model, opt, per_process_batch: int, max_grad_norm: float):
@@ -200,35 +217,12 @@ def start_vllm(model, out: Path, seed: int):
     return vllm_backend.make_llm(path, max_model_len=model.lm.config.max_position_embeddings, seed=seed)
 
 
-def resume_path(resume_from: str, out: Path) -> Path | None:
-    """The checkpoint to resume from: a folder, the newest in ``out`` for "latest", or None."""
-    if not resume_from:
-        return None
-    if resume_from == "latest":
-        found = checkpoint.list_checkpoints(out)
-        return found[-1] if found else None
-    return Path(resume_from)
-
-
-def kept_log(path: Path, last_step: int) -> list[str]:
-    """Lines of a metrics.jsonl up to ``last_step`` (a resumed run redoes the later ones)."""
-    if not path.exists():
-        return []
-    lines = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= last_step:
-                lines.append(line + "\n")
-        except (ValueError, KeyError, TypeError):
-            continue
-    return lines
-
-
 def main(argv: list[str] | None = None) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import DistributedType
     from transformers import get_constant_schedule_with_warmup
 
+    from rrec.evaluation import select_samples
     from rrec.rollout import generate_reasoning
 
     argv = sys.argv[1:] if argv is None else argv
@@ -261,12 +255,17 @@ def main(argv: list[str] | None = None) -> dict:
         atomic_files.atomic_write_json(out / "config.json", to_dict(cfg))
     with acc.main_process_first():  # process 0 fetches / prepares the default data first, once
         model, data, eval_df = setup(cfg, acc.device)
+    valid_df = None
+    if cfg.eval_every:
+        valid_df = select_samples(data.splits[cfg.valid_split], cfg.valid_users, cfg.valid_samples_per_user,
+                                  cfg.seed)  # fmt: skip
+    reference = training.reference_policy(model.lm, cfg.beta_kl)  # before a checkpoint loads
     eps_high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
     params = training.trainable_parameters(model.lm)
     distributed.broadcast_parameters(params)  # every process starts from process 0's weights
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_constant_schedule_with_warmup(opt, cfg.warmup_steps)
-    resume = resume_path(cfg.resume_from, out)
+    resume = training.resume_path(cfg.resume_from, out)
     start, state = 0, None
     if resume is not None:
         state = checkpoint.load_checkpoint(resume, model=model, optimizer=opt, scheduler=sched, rank=rank,
@@ -280,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tb"), purge_step=start + 1 if start else None)
-    log_lines = kept_log(out / "metrics.jsonl", start) if start else []
+    log_lines = training.kept_log(out / "metrics.jsonl", start) if start else []
 
     model.rollout_engine = decoder  # the evaluations' decoder
     t0 = time.time()
@@ -345,49 +344,41 @@ def main(argv: list[str] | None = None) -> dict:
                 )  # fmt: skip
             with torch.no_grad():  # 3. reward against the full table, history masked
                 scores = model.score(roll.user_states)  # (B/W*G, N)
-                hist = training.history_mask(model, rows["history"].tolist(), scores.shape[1])
-                scores = scores.masked_fill(hist.repeat_interleave(G, 0), float("-inf"))
+                hist = training.history_mask(
+                    model, rows["history"].tolist(), scores.shape[1], targets=targets
+                )
+                scores = scores.masked_fill(hist.repeat_interleave(G, 0), float("-inf"))  # target never
                 tcol = training.target_columns(model, targets).repeat_interleave(G)  # (B/W*G,)
                 rewards = recpo.fused_reward(
                     scores, tcol, beta=cfg.reward_beta, ndcg_k=cfg.ndcg_k, mode=cfg.reward_mode
                 )
-                ranks = rank_of_target(scores, tcol)
+                ranks = rank_of_target(scores, tcol, ties="pessimistic")  # the reward's rank
                 adv = recpo.group_advantages(rewards, G, cfg.advantage)  # 4. groups are local
-                old_logps = old_item = ref_logps = None
-                if cfg.num_iterations > 1:
-                    old_logps, old_states = training.policy_forward(
-                        model.lm, roll.prompt_ids, roll.prompt_mask, roll.completion_ids,
-                        roll.completion_mask, cfg.temperature,
-                    )  # fmt: skip
-                    old_item = recpo.in_batch_item_logps(
-                        distributed.gather_rows(old_states), target_states_old, G, model.config.temperature
-                    )[mine_rows]
-                if cfg.beta_kl > 0:
-                    with model.lm.disable_adapter():
-                        ref_logps, _ = training.policy_forward(
-                            model.lm, roll.prompt_ids, roll.prompt_mask, roll.completion_ids,
-                            roll.completion_mask, cfg.temperature,
-                        )  # fmt: skip
-            n_tok_local = roll.completion_mask.sum().float()
+                policy_args = (roll.prompt_ids, roll.prompt_mask, roll.completion_ids, roll.completion_mask,
+                               cfg.temperature)  # fmt: skip
+                ref_logps = reference.logps(*policy_args) if reference is not None else None
+            pg_mask = recpo.sampled_token_mask(roll.completion_mask, roll.forced, cfg.train_forced_answer)
+            n_tok_local = pg_mask.sum().float()
             n_tok = float(distributed.sum_over_processes(n_tok_local))  # tokens of the global batch
             loss_type, n_items = training.loss_normalisation(cfg.loss_type, n_tok, world)
             model.lm.train()
+            old_logps = old_item = None
+            ratio_means = []  # per epoch: exactly 1 in the first
             for _ in range(cfg.num_iterations):  # 5. PPO epochs over this rollout batch
-                logps, states = training.policy_forward(
-                    model.lm, roll.prompt_ids, roll.prompt_mask, roll.completion_ids, roll.completion_mask,
-                    cfg.temperature,
-                )  # fmt: skip
+                logps, states = training.policy_forward(model.lm, *policy_args)
                 tstates = target_states_old  # (B, D): every process's targets are negatives
                 if cfg.item_grad:
                     tstates = distributed.gather_rows_with_grad(
                         training.encode_targets(model, targets, grad=True)
                     )
                 item_lp = recpo.in_batch_item_logps(
-                    distributed.gather_rows_with_grad(states), tstates, G, model.config.temperature
-                )[mine_rows]  # (B/W*G,): the softmax runs over all B targets
+                    distributed.gather_rows_with_grad(states), tstates, G, model.config.temperature,
+                    targets=targets_all,
+                )[mine_rows]  # fmt: skip  # (B/W*G,): the softmax runs over all B targets
+                if old_logps is None:  # epoch 1: the behaviour policy's log-probs, the ratio exactly 1
+                    old_logps, old_item = logps.detach(), item_lp.detach()
                 loss, st = recpo.recpo_loss(
-                    logps, logps.detach() if old_logps is None else old_logps, adv, roll.completion_mask,
-                    item_lp, item_lp.detach() if old_item is None else old_item, group_size=G,
+                    logps, old_logps, adv, pg_mask, item_lp, old_item, group_size=G,
                     epsilon=cfg.epsilon, epsilon_high=eps_high, loss_type=loss_type,
                     max_completion_length=cfg.max_completion_length, num_items_in_batch=n_items,
                     beta_kl=cfg.beta_kl, ref_logps=ref_logps, item_weight=cfg.item_weight,
@@ -401,6 +392,7 @@ def main(argv: list[str] | None = None) -> dict:
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
+                ratio_means.append(st.ratio_mean)
             with torch.no_grad():  # global statistics: per-row values gathered, sums reduced
                 ndcg = recpo.fused_reward(scores, tcol, beta=0.0, ndcg_k=cfg.ndcg_k)
                 per_row = distributed.gather_rows(torch.stack([
@@ -409,6 +401,7 @@ def main(argv: list[str] | None = None) -> dict:
                 sums = distributed.sum_over_processes(torch.stack([
                     loss.detach(), st.policy_loss, st.item_loss, st.item_loss_share,
                     st.clip_fraction * n_tok_local, st.ratio_mean * n_tok_local, st.kl * n_tok_local,
+                    ratio_means[0] * n_tok_local,
                 ]).float())  # fmt: skip
             r_all = per_row[:, 0]
             dt = time.time() - t_step
@@ -421,7 +414,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "train/rank_median": per_row[:, 2].median().item(),
                 "train/zero_std_groups": zero_std,
                 "train/clip_fraction": sums[4].item() / max(n_tok, 1.0),
-                "train/ratio_mean": sums[5].item() / max(n_tok, 1.0),
+                "train/ratio_mean": sums[5].item() / max(n_tok, 1.0),  # the last epoch's
+                "train/ratio_mean_first": sums[7].item() / max(n_tok, 1.0),
                 "train/kl": sums[6].item() / max(n_tok, 1.0),
                 "train/item_loss_share": sums[3].item() / world,  # mean over processes
                 "train/loss": sums[0].item() / world,  # = the one-process loss (loss_normalisation)
@@ -431,7 +425,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "train/forced_answer": per_row[:, 4].mean().item(),
                 "train/grad_norm": float("nan") if grad_norm is None else float(grad_norm),
                 "train/lr": sched.get_last_lr()[0],
-                "train/tokens_per_s": n_tok / dt,
+                "train/tokens_per_s": per_row[:, 3].sum().item() / dt,
                 "train/step_s": dt,
                 "train/peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             }
@@ -450,9 +444,9 @@ def main(argv: list[str] | None = None) -> dict:
                     f"len {rec['train/reasoning_len']:.0f} {dt:.1f}s"
                 )
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
-                mid, _ = run_eval(model, eval_df, cfg)
+                mid, _ = run_eval(model, valid_df, cfg)  # valid: test is touched before and after only
                 if acc.is_main_process:
-                    evals = {f"eval/{k}": v for k, v in mid.items() if isinstance(v, float)}
+                    evals = {f"valid/{k}": v for k, v in mid.items() if isinstance(v, float)}
                     log_lines.append(json.dumps({"step": step + 1, **evals}) + "\n")
                     atomic_files.atomic_write_text(out / "metrics.jsonl", "".join(log_lines))
             if training.out_of_time(t_train, cfg.max_train_minutes, model.device):

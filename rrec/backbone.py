@@ -9,7 +9,10 @@ computing (B, L, V) logits when only the state is needed.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +31,7 @@ def final_hidden(
     input_ids: Tensor,
     attention_mask: Tensor,
     position_ids: Tensor | None = None,
-    past_key_values=None,
+    cache=None,
     use_cache: bool = False,
 ) -> tuple[Tensor, object]:
     """Run the decoder only.
@@ -37,6 +40,8 @@ def final_hidden(
         input_ids: (B, L) token ids.
         attention_mask: (B, L_past + L) 1 for real tokens (covers the cache too).
         position_ids: (B, L); default derived from ``attention_mask``.
+        cache: a transformers ``Cache`` holding the first L_past tokens (transformers >= 5.24 names this
+            argument and the output field ``cache``; ``past_key_values`` is its deprecated alias).
 
     Returns:
         ((B, L, D) final hidden states, the updated cache or None).
@@ -47,10 +52,10 @@ def final_hidden(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        past_key_values=past_key_values,
+        cache=cache,
         use_cache=use_cache,
     )
-    return out.last_hidden_state, (out.past_key_values if use_cache else None)
+    return out.last_hidden_state, (out.cache if use_cache else None)
 
 
 def last_token_states(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -67,16 +72,77 @@ def apply_lora(
     alpha: int = 8,
     dropout: float = 0.0,
     target_modules: tuple[str, ...] = LORA_TARGETS,
+    trainable_tokens: Sequence[int] = (),
 ) -> nn.Module:
-    """Wrap ``lm`` with PEFT LoRA (R²ec: rank 4 on q,k,v,o,gate,up,down). Only LoRA weights train."""
+    """Wrap ``lm`` with PEFT LoRA (R²ec: rank 4 on q,k,v,o,gate,up,down). Only LoRA weights train, plus
+    the input and output embedding rows of ``trainable_tokens`` (the recipes pass ``<answer>``).
+
+    The rows use PEFT's ``trainable_token_indices``: only those rows train and are saved with the adapter
+    (with tied embeddings one row serves both sides). PEFT's forward rebuilds the whole (V, D) table with
+    the rows written in, on every call: about 120 ms for SmolLM2's table on one CPU core, as much as a
+    decode step itself. Decoding therefore runs inside :func:`token_rows_merged` (``generate_reasoning``
+    does); the static engine snapshots the merged table once per rollout anyway.
+    """
     from peft import LoraConfig, get_peft_model
 
     present = {name.rsplit(".", 1)[-1] for name, _ in lm.named_modules()}
     targets = [t for t in target_modules if t in present]
     if not targets:
         raise ValueError(f"none of the LoRA targets {target_modules} exist in {type(lm).__name__}")
-    cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
+    tokens = None
+    if trainable_tokens:
+        names = {id(m): name for name, m in lm.named_modules()}
+        inp, out = lm.get_input_embeddings(), lm.get_output_embeddings()
+        tokens = {names[id(inp)].rsplit(".", 1)[-1]: list(trainable_tokens)}
+        if out is not None and out.weight is not inp.weight:  # untied: the output rows train too
+            tokens[names[id(out)].rsplit(".", 1)[-1]] = list(trainable_tokens)
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
+                     trainable_token_indices=tokens)  # fmt: skip
     return get_peft_model(lm, cfg)
+
+
+@contextlib.contextmanager
+def merged_token_rows(lm: nn.Module):
+    """Within the block, PEFT trainable token rows (``apply_lora(trainable_tokens=...)``) are written into
+    their base tables (PEFT's own ``merge``), so a forward reads the table instead of rebuilding it; the
+    tables are restored on exit. Only without grad (merged rows get no gradient); else, and for models
+    without such rows, a no-op."""
+    modules = lm.modules() if isinstance(lm, nn.Module) else ()
+    rows = [m.token_adapter for m in modules if hasattr(m, "token_adapter")]
+    rows = [r for r in rows if r.active_adapters and not r.merged and not r.disable_adapters]
+    if torch.is_grad_enabled() or not rows:
+        yield
+        return
+    for r in rows:
+        r.merge()
+    try:
+        yield
+    finally:
+        for r in reversed(rows):
+            r.unmerge()
+
+
+def token_rows_merged(fn):
+    """Decorator for a no-grad ``fn(lm, ...)``: each call runs inside ``merged_token_rows(lm)``."""
+
+    @functools.wraps(fn)
+    def call(lm, *args, **kwargs):
+        with merged_token_rows(lm):
+            return fn(lm, *args, **kwargs)
+
+    return call
+
+
+def continue_adapter(lm: nn.Module) -> nn.Module:
+    """Make a loaded PEFT adapter (``from_pretrained`` loads it frozen, for inference) trainable again:
+    its LoRA weights and trainable token rows, nothing else. Returns ``lm``."""
+    if not is_peft(lm):
+        raise ValueError(f"continue_adapter needs a PEFT model, got {type(lm).__name__}")
+    for cfg in lm.peft_config.values():
+        cfg.inference_mode = False
+    for name, p in lm.named_parameters():
+        p.requires_grad_("lora_" in name or "trainable_tokens_delta" in name)
+    return lm
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -130,3 +196,25 @@ def weights_fingerprint(lm: nn.Module) -> str:
         t = p.detach().to(torch.bfloat16).double()
         h.update(f"{name}:{tuple(p.shape)}:{t.sum().item():.10e}:{(t * t).sum().item():.10e};".encode())
     return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def quiet_weight_loading():
+    """Hide transformers' "Loading weights" bar inside the block; the caller's setting comes back after.
+
+    For ``from_pretrained`` calls a loop repeats (one bar per model would interleave with the loop's own
+    progress); a single load at the start of a run keeps its bar.
+    """
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hub_was_disabled = hub_utils.are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()  # also turns off huggingface_hub's bars
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+        if hub_was_disabled:
+            hub_utils.disable_progress_bars()

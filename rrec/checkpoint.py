@@ -4,7 +4,9 @@ A checkpoint is a folder ``checkpoint-{step}`` holding:
 
 * what ``ReasoningRecommender.save_pretrained`` writes (``adapter/`` or ``model/``, ``tokenizer/``,
   ``items.parquet``, ``item_index/`` = the item table as it stood, ``rrec_config.json``): the folder loads
-  as a model (``rrec evaluate model=.../checkpoint-100``);
+  as a model (``rrec evaluate model=.../checkpoint-100``) but without its item table, which RecPO left
+  half-refreshed (fresh target rows written in each step, the rest from older weights): ``from_pretrained``
+  warns and leaves ``rec_head`` empty (``is_checkpoint``); resume restores the table as it stood;
 * ``trainable.pt``: every trainable parameter by name (resume copies these back, bit for bit; for full
   fine-tuning this repeats ``model/``, the price of one exact path for LoRA and full weights);
 * ``optimizer.pt``: the optimiser's ``state_dict``;
@@ -86,6 +88,14 @@ def set_rng_state(state: dict, generator: torch.Generator | None = None) -> None
         torch.cuda.set_rng_state_all(state["cuda"])
     if generator is not None and state["generator"] is not None:
         generator.set_state(state["generator"])
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a training checkpoint folder (its ``manifest.json`` has this module's format)."""
+    try:
+        return json.loads((Path(path) / "manifest.json").read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def step_of(path: Path) -> int | None:

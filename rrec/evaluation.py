@@ -2,7 +2,11 @@
 
 Every sample is scored against the whole item table (no sampled negatives); the sample's history items
 are masked out of the ranking unless ``mask_history=False`` (the target is never masked). Reasoning is
-greedy. Ranks use ``rrec.metrics.rank_of_target`` in float32, the same code as the ID baselines.
+greedy. Ranks use ``rrec.metrics.rank_of_target`` in float32, the same code as the ID baselines (ties
+in the target's favour); each sample also records whether its target was tied with another ranked item
+(``rrec.metrics.tied_with_target``), and :func:`summarize` reports the fraction, ``tied_frac``.
+Two methods evaluated on the same samples are compared with :func:`paired_ndcg` (a paired bootstrap of
+the per-sample NDCG@10 difference, users resampled) and :func:`paired_verdict`.
 
 Bad inputs: missing sample columns, targets or history items absent from the item table, and NaN or
 inf user states are errors raised before (or instead of) ranking; histories longer than the model's
@@ -13,14 +17,22 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from rrec.metrics import bootstrap_ci, per_sample_ndcg, rank_of_target, ranking_report
+from rrec.metrics import (
+    PairedDifference,
+    bootstrap_ci,
+    paired_bootstrap,
+    per_sample_ndcg,
+    rank_of_target,
+    ranking_report,
+    tied_with_target,
+)
 from rrec.prompts import HistoryTruncatedWarning, item_id_of, warn_truncated
 
 
@@ -34,6 +46,7 @@ class EvalResult:
     top_ids: list[list[str]]
     reasonings: list[str]
     forced: list[bool]
+    tied: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))  # (S,) bool
 
 
 def histories_of(samples: pd.DataFrame) -> list[list[dict]]:
@@ -103,7 +116,7 @@ def evaluate_samples(
     hist = histories_of(samples)
     times = samples["timestamp"].astype(float).tolist() if "timestamp" in samples else [None] * len(samples)
     res = EvalResult([], [], torch.empty(0, dtype=torch.long), [], [], [])
-    ranks = []
+    ranks, tied = [], []
     all_ids = model.item_ids
     n_cut = sum(len(h) > model.config.max_history for h in hist)
     if n_cut:
@@ -123,6 +136,7 @@ def evaluate_samples(
                 exclude[b, [columns[r["item_id"]] for r in h if r["item_id"] in columns]] = True
         target = torch.tensor([columns[str(t)] for t in samples["target"].iloc[start:stop]])
         ranks.append(rank_of_target(scores, target, exclude).cpu())
+        tied.append(tied_with_target(scores, target, exclude).cpu())
         top = scores.masked_fill(exclude, float("-inf")).topk(min(top_k, scores.shape[1]), dim=1)
         kept = top.values > float("-inf")  # (b, K) False at masked items; real scores are finite
         res.top_ids += [
@@ -133,33 +147,75 @@ def evaluate_samples(
         bar.update(stop - start)
     bar.close()
     res.ranks = torch.cat(ranks)
+    res.tied = torch.cat(tied)
     res.user_ids = samples["user_id"].astype(str).tolist()
     res.targets = samples["target"].astype(str).tolist()
     return res
 
 
-def summarize(ranks: torch.Tensor, user_ids: Sequence[str], ks: tuple[int, ...] = (5, 10, 20)) -> dict:
-    """Hit@K, NDCG@K, MRR, sample and user counts, and 95% bootstrap intervals (over users) of
-    NDCG@10 and Hit@10."""
+def summarize(
+    ranks: torch.Tensor,
+    user_ids: Sequence[str],
+    ks: tuple[int, ...] = (5, 10, 20),
+    tied: torch.Tensor | Sequence[bool] | None = None,
+) -> dict:
+    """Hit@K, NDCG@K, MRR, sample and user counts, 95% bootstrap intervals (over users) of NDCG@10 and
+    Hit@10, and ``tied_frac``, the fraction of samples whose target was tied with another ranked item
+    (only when ``tied``, one flag per sample, is given: ranks alone cannot tell)."""
     out: dict = ranking_report(ranks, ks)
     out["n_samples"] = int(ranks.numel())
     out["n_users"] = len(set(user_ids))
+    if tied is not None:
+        flags = torch.as_tensor(tied, dtype=torch.bool).flatten()
+        if flags.numel() != ranks.numel():
+            raise ValueError(f"{flags.numel()} tie flags for {ranks.numel()} ranks")
+        out["tied_frac"] = float(flags.double().mean())
     out["ndcg@10_ci95"] = list(bootstrap_ci(per_sample_ndcg(ranks, 10), list(user_ids)))
     out["hit@10_ci95"] = list(bootstrap_ci((ranks <= 10).double(), list(user_ids)))
     return out
 
 
 def per_user_rows(res: EvalResult) -> list[dict]:
-    """Rows for ``per_user.jsonl``: user, target, rank, top-k ids, reasoning."""
+    """Rows for ``per_user.jsonl``: user, target, rank, whether the target was tied, top-k ids, reasoning."""
+    tied = res.tied.tolist() if res.tied.numel() else [None] * len(res.user_ids)
     return [
-        {"user_id": u, "target": t, "rank": int(r), "top_k": top, "reasoning": txt, "forced_answer": f}
-        for u, t, r, top, txt, f in zip(
-            res.user_ids,
-            res.targets,
-            res.ranks.tolist(),
-            res.top_ids,
-            res.reasonings,
-            res.forced,
+        {"user_id": u, "target": t, "rank": int(r), "tied": tie, "top_k": top, "reasoning": txt,
+         "forced_answer": f}
+        for u, t, r, tie, top, txt, f in zip(
+            res.user_ids, res.targets, res.ranks.tolist(), tied, res.top_ids, res.reasonings, res.forced,
             strict=True,
         )
-    ]
+    ]  # fmt: skip
+
+
+def paired_ndcg(
+    rows_a: Sequence[dict], rows_b: Sequence[dict], k: int = 10, *, n_resamples: int = 1000, seed: int = 0
+) -> PairedDifference:
+    """NDCG@k of method a minus method b on the same samples: :func:`rrec.metrics.paired_bootstrap`.
+
+    Args:
+        rows_a, rows_b: per-sample rows with ``user_id``, ``target`` and ``rank`` (the ``per_user.jsonl``
+            format), the same samples in the same order.
+
+    Raises:
+        ValueError: the two lists are not the same (user, target) samples in the same order.
+    """
+    keys_a = [(str(r["user_id"]), str(r["target"])) for r in rows_a]
+    keys_b = [(str(r["user_id"]), str(r["target"])) for r in rows_b]
+    if keys_a != keys_b:
+        where = next((i for i, (x, y) in enumerate(zip(keys_a, keys_b, strict=False)) if x != y), None)
+        first = "" if where is None else f"; first difference at {where}: {keys_a[where]} vs {keys_b[where]}"
+        raise ValueError(
+            f"a paired comparison needs the same samples in the same order: {len(keys_a)} vs "
+            f"{len(keys_b)} samples{first}"
+        )
+    ndcg_a = per_sample_ndcg(torch.tensor([int(r["rank"]) for r in rows_a]), k)  # (S,)
+    ndcg_b = per_sample_ndcg(torch.tensor([int(r["rank"]) for r in rows_b]), k)  # (S,)
+    return paired_bootstrap(ndcg_a, ndcg_b, [u for u, _ in keys_a], n_resamples=n_resamples, seed=seed)
+
+
+def paired_verdict(diff: PairedDifference, above: str, below: str, what: str = "NDCG@10") -> str:
+    """``"NDCG@10 +0.0123, paired 95% CI [-0.0040, +0.0290]: within the noise"``, or ``above`` when the
+    interval lies above 0, ``below`` when it lies below 0."""
+    word = above if diff.low > 0 else below if diff.high < 0 else "within the noise"
+    return f"{what} {diff.mean:+.4f}, paired 95% CI [{diff.low:+.4f}, {diff.high:+.4f}]: {word}"

@@ -1,7 +1,7 @@
 """GRPO on plain text completions for the sibling systems (like/dislike GRPO, RecZero / RecOne rating
 prediction, RecLLM-R1): rewards from the decoded text, the clipped update, the SFT loss.
 
-They share RecPO's core: ``rrec.recpo.group_advantages`` and ``rrec.recpo.policy_loss`` (the
+They share RecPO's core: ``rrec.recpo.group_advantages`` and ``rrec.ppo.policy_loss`` (the
 token-level clipped objective with TRL's ``loss_type`` normalisations and the optional k3 KL). The
 completions come from ``rrec.text_rollout`` (RecPO's KV-cached sampler, ending at the end-of-turn token).
 What differs from RecPO: the reward is computed from the decoded text by plain functions
@@ -20,9 +20,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from rrec import distributed, recpo
+from rrec import distributed, ppo
 from rrec.text_rollout import TextRollout
-from rrec.training import loss_normalisation, policy_forward
+from rrec.training import ReferencePolicy, loss_normalisation, policy_forward
 
 RewardFunc = Callable[..., list[float]]
 
@@ -79,13 +79,15 @@ def grpo_update(
     loss_type: str = "grpo",
     max_completion_length: int | None = None,
     beta_kl: float = 0.0,
+    reference: ReferencePolicy | None = None,
     max_grad_norm: float = 1.0,
 ) -> UpdateStats:
     """``num_iterations`` clipped policy-gradient steps over one rollout batch (TRL's mu).
 
-    Old log-probs: with ``num_iterations`` = 1 the ratio is 1 by construction (the current log-probs,
-    detached, as in TRL); with >= 2 they come from a teacher-forced pass on exactly the sampled ids before
-    the first update. ``beta_kl`` > 0 needs a PEFT model: the reference is the adapter-disabled model.
+    Old log-probs: the first iteration's log-probs, detached (the weights that sampled the batch), so
+    the ratio is exactly 1 in iteration 1 and moves in the next ones; one forward per iteration.
+    ``beta_kl`` > 0 needs ``reference``, built once before training by ``rrec.training.reference_policy``
+    (the adapter-disabled model with LoRA, a frozen copy of the starting weights with full fine-tuning).
     Several processes (``accelerate launch``, each holding B/W prompts with their G completions, so
     groups and advantages stay local): the token count of ``dapo``/``bnpo`` is the global batch's
     (``rrec.training.loss_normalisation``) and gradients are averaged over processes before the step, so
@@ -93,29 +95,25 @@ def grpo_update(
     Returns the statistics of the last iteration (``loss``, ``clip_fraction``, ``ratio_mean`` and ``kl``
     averaged over processes).
     """
+    if beta_kl > 0 and reference is None:
+        raise ValueError("beta_kl > 0 needs reference=rrec.training.reference_policy(lm, beta_kl)")
     _, world = distributed.rank_and_world()
     n_tok_local = roll.completion_mask.sum().float()
     n_tok = float(distributed.sum_over_processes(n_tok_local))
     loss_type, n_items = loss_normalisation(loss_type, n_tok, world)
     args = (roll.prompt_ids, roll.prompt_mask, roll.completion_ids, roll.completion_mask, temperature)
     adv = advantages.to(roll.completion_ids.device)
-    old = ref = None
-    lm.eval()
-    with torch.no_grad():
-        if num_iterations > 1:
-            old, _ = policy_forward(lm, *args)
-        if beta_kl > 0:
-            if not hasattr(lm, "disable_adapter"):
-                raise ValueError("beta_kl > 0 needs a LoRA (PEFT) model: its reference is the base model")
-            with lm.disable_adapter():
-                ref, _ = policy_forward(lm, *args)
+    ref = reference.logps(*args) if beta_kl > 0 else None
+    old = None
     lm.train()
     for _ in range(num_iterations):
         logps, _ = policy_forward(lm, *args)  # (B*G, T)
-        loss, st = recpo.policy_loss(
-            logps, logps.detach() if old is None else old, adv, roll.completion_mask, epsilon=epsilon,
-            epsilon_high=epsilon_high, loss_type=loss_type, max_completion_length=max_completion_length,
-            num_items_in_batch=n_items, beta_kl=beta_kl, ref_logps=ref,
+        if old is None:  # iteration 1: the behaviour policy's log-probs, ratio exactly 1
+            old = logps.detach()
+        loss, st = ppo.policy_loss(
+            logps, old, adv, roll.completion_mask, epsilon=epsilon, epsilon_high=epsilon_high,
+            loss_type=loss_type, max_completion_length=max_completion_length, num_items_in_batch=n_items,
+            beta_kl=beta_kl, ref_logps=ref,
         )  # fmt: skip
         if distributed.any_process(not bool(torch.isfinite(loss)), logps.device):
             raise FloatingPointError("non-finite GRPO loss (on some process)")

@@ -177,5 +177,5 @@ def _suffix_states(lm: nn.Module, suffixes: list, prefix_cache, n_prefix: int, p
     cache.batch_repeat_interleave(ids.shape[0])
     mask = torch.cat([torch.ones(ids.shape[0], n_prefix, dtype=smask.dtype, device=device), smask], 1)
     pos = n_prefix + (smask.cumsum(1) - 1).clamp(min=0)  # positions continue after the prefix
-    hidden, _ = final_hidden(lm, ids, mask, position_ids=pos, past_key_values=cache, use_cache=True)
+    hidden, _ = final_hidden(lm, ids, mask, position_ids=pos, cache=cache, use_cache=True)
     return hidden[:, -1].float()

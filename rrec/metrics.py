@@ -21,17 +21,29 @@ With one relevant item,
     \mathrm{MRR} = \frac{1}{r},
 
 (the ideal DCG is 1, so NDCG needs no normaliser), each averaged over the B samples.
+
+Ties favour the target, so a model that gives every item the same score ranks every target first. Every
+evaluation therefore also reports the *tied fraction*, the share of samples whose target shares its
+score with at least one other non-excluded item (:func:`tied_with_target`): a high value says the metrics
+above are flattered by ties.
+
+Comparisons of two methods on the same samples use :func:`paired_bootstrap`: the per-sample differences
+are resampled by user, the same users for both methods, which is tighter and more honest than asking
+whether two separate intervals overlap.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 
-def rank_of_target(scores: Tensor, target_index: Tensor, exclude_mask: Tensor | None = None) -> Tensor:
+def rank_of_target(
+    scores: Tensor, target_index: Tensor, exclude_mask: Tensor | None = None, ties: str = "optimistic"
+) -> Tensor:
     """1-based rank of each target among the non-excluded items.
 
     Args:
@@ -39,6 +51,9 @@ def rank_of_target(scores: Tensor, target_index: Tensor, exclude_mask: Tensor | 
         target_index: (B,) integer column of the target in ``scores``.
         exclude_mask: optional (B, N) bool, True for items to leave out of the ranking (the history).
             The target is never excluded, even if the mask marks it.
+        ties: ``"optimistic"`` (the evaluation's rule, 1 + #strictly greater) or ``"pessimistic"``
+            (1 + #{j != t : s_j >= s_t}: every tie counts against the target; RecPO's reward, so that a
+            collapsed state scoring every item equally gets the worst rank, not the best).
 
     Returns:
         (B,) int64 ranks, 1 = best.
@@ -65,13 +80,44 @@ def rank_of_target(scores: Tensor, target_index: Tensor, exclude_mask: Tensor | 
         if bool(outside.any()):
             raise ValueError(f"target_index outside [0, {N}) at rows {_rows(outside)}")
         raise ValueError(f"NaN scores at rows {_rows(nan_rows)}: the ranking is undefined")
+    if ties not in ("optimistic", "pessimistic"):
+        raise ValueError(f"ties must be 'optimistic' or 'pessimistic', got {ties!r}")
     target_score = s.gather(1, target_index[:, None])  # (B, 1)
-    higher = s > target_score  # (B, N)
+    if ties == "optimistic":
+        higher = s > target_score  # (B, N)
+    else:  # >= counts the target itself: take it out
+        higher = (s >= target_score).scatter(1, target_index[:, None], False)  # (B, N)
     if exclude_mask is not None:
         keep = ~exclude_mask.to(device=s.device, dtype=torch.bool)
         keep = keep.scatter(1, target_index[:, None], True)
         higher = higher & keep
     return 1 + higher.sum(dim=1)  # (B,)
+
+
+def tied_with_target(scores: Tensor, target_index: Tensor, exclude_mask: Tensor | None = None) -> Tensor:
+    """Whether each target's score equals that of at least one other non-excluded item (float32).
+
+    The ranks of :func:`rank_of_target` count such items as below the target; this flag says when that
+    rule decided the rank. Same arguments and checks as :func:`rank_of_target` (the target is never
+    excluded, NaN is an error).
+
+    Returns:
+        (B,) bool.
+
+    Example:
+        >>> s = torch.tensor([[0.5, 0.5, 0.1], [0.5, 0.5, 0.1], [0.9, 0.5, 0.5]])
+        >>> history = torch.tensor([[False, False, False], [False, True, False], [False, False, False]])
+        >>> tied_with_target(s, torch.tensor([0, 0, 0]), history)  # row 1: tie masked; row 2: not at t
+        tensor([ True, False, False])
+    """
+    rank_of_target(scores, target_index, exclude_mask)  # the same checks (shapes, range, NaN)
+    s = scores.float()  # (B, N)
+    t = target_index.to(device=s.device, dtype=torch.long)[:, None]  # (B, 1)
+    equal = s == s.gather(1, t)  # (B, N), True at the target itself
+    equal = equal.scatter(1, t, False)
+    if exclude_mask is not None:
+        equal = equal & ~exclude_mask.to(device=s.device, dtype=torch.bool)
+    return equal.any(dim=1)  # (B,)
 
 
 def _rows(flags: Tensor) -> str:
@@ -162,6 +208,72 @@ def bootstrap_ci(
     lo = torch.quantile(means, alpha / 2).item()
     hi = torch.quantile(means, 1 - alpha / 2).item()
     return (float(lo), float(hi))
+
+
+class PairedDifference(NamedTuple):
+    """Mean of a per-sample difference a - b with its paired bootstrap interval over users."""
+
+    mean: float  # mean over samples of a - b
+    low: float  # (1 - alpha) percentile interval of that mean, users resampled
+    high: float
+    frac_positive: float  # share of the resamples whose mean difference is > 0
+
+
+def paired_bootstrap(
+    values_a: Tensor,
+    values_b: Tensor,
+    groups: list,
+    *,
+    n_resamples: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> PairedDifference:
+    r"""Paired percentile bootstrap of :math:`\bar d`, :math:`d_i = a_i - b_i`, resampling users.
+
+    Sample i must be the same (user, target) in ``values_a`` and ``values_b``: each resample draws U users
+    with replacement and averages the differences of all their samples, so the two methods are always
+    measured on the same draw. Same users, resampling and seed as :func:`bootstrap_ci`.
+
+    Args:
+        values_a, values_b: (B,) per-sample metric of methods a and b, on the same samples in the same
+            order (e.g. ``per_sample_ndcg`` of each).
+        groups: length-B list of user ids.
+
+    Returns:
+        :class:`PairedDifference`; identical inputs give exactly ``(0, 0, 0, 0)``.
+
+    Raises:
+        ValueError: shapes or lengths differ, no samples, or a NaN value.
+
+    Example:
+        >>> a, b = torch.tensor([0.5, 1.0, 0.25]), torch.tensor([0.25, 0.75, 0.0])  # d = 0.25 everywhere
+        >>> paired_bootstrap(a, b, ["u", "u", "v"])
+        PairedDifference(mean=0.25, low=0.25, high=0.25, frac_positive=1.0)
+    """
+    if values_a.ndim != 1 or values_a.shape != values_b.shape:
+        raise ValueError(
+            f"paired values must be two (B,) tensors of the same samples, got shapes "
+            f"{tuple(values_a.shape)} and {tuple(values_b.shape)}"
+        )
+    if len(groups) != values_a.numel():
+        raise ValueError(f"{len(groups)} group labels for {values_a.numel()} paired values")
+    if values_a.numel() == 0:
+        raise ValueError("no samples: a paired difference over zero samples is undefined")
+    d = values_a.double() - values_b.double()  # (B,)
+    if bool(torch.isnan(d).any()):
+        raise ValueError("NaN in the paired values")
+    uniq: dict = {}
+    codes = torch.tensor([uniq.setdefault(g, len(uniq)) for g in groups])  # (B,)
+    n_users = len(uniq)
+    sums = torch.zeros(n_users, dtype=torch.float64).index_add_(0, codes, d)  # (U,)
+    counts = torch.zeros(n_users, dtype=torch.float64).index_add_(0, codes, torch.ones_like(d))  # (U,)
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.randint(0, n_users, (n_resamples, n_users), generator=gen)  # (R, U)
+    means = sums[pick].sum(1) / counts[pick].sum(1)  # (R,)
+    lo = torch.quantile(means, alpha / 2).item()
+    hi = torch.quantile(means, 1 - alpha / 2).item()
+    mean = float(sums.sum() / counts.sum())
+    return PairedDifference(mean, float(lo), float(hi), float((means > 0).double().mean()))
 
 
 def ndcg_of_rank(rank: int, k: int) -> float:

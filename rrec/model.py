@@ -31,6 +31,8 @@ from torch import Tensor, nn
 from item_index import ItemIndex
 from rrec import backbone
 from rrec.decoding import DecoderPool, check_engine, use_static
+from rrec.inputs import check_finite, history_list, positive_int
+from rrec.item_records import prompt_records, retire, revive
 from rrec.items import catalog_records, check_update, encode_token_lists, tokenize_prompts
 from rrec.persistence import CONFIG_NAME  # noqa: F401  (re-exported)
 from rrec.prompts import (
@@ -56,7 +58,7 @@ class Recommendation:
 
 @dataclass
 class RecConfig:
-    """What ``save_pretrained`` writes next to the weights (``rrec_config.json``)."""
+    """What ``save_pretrained`` writes (``rrec_config.json``); ``temperature`` divides scores only."""
 
     base_model: str
     similarity: str = "cosine"
@@ -67,12 +69,6 @@ class RecConfig:
     has_adapter: bool = False
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not hasattr(value, "__index__") or value < 1:  # int or numpy int
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 class ReasoningRecommender(nn.Module):
     """Wraps any Hugging Face causal LM (optionally PEFT-wrapped) with an item table.
 
@@ -81,7 +77,7 @@ class ReasoningRecommender(nn.Module):
         tokenizer: its tokenizer.
         catalog: items DataFrame (``item_id``, ``title``, attributes), used to write prompts.
         similarity: ``"cosine"`` (default, R²ec) or ``"dot"``.
-        temperature: score divisor (R²ec official code: 0.02).
+        temperature: score divisor (R²ec official code: 0.02); not the sampling temperature.
         max_new_tokens: reasoning budget for ``recommend`` (``<answer>`` included).
         rollout_engine: the decoder that writes reasonings, ``"auto"`` (static KV cache + CUDA graphs on
             a GPU, the HF forward on CPU), ``"static"`` or ``"hf"`` (``rrec.decoding``). Not saved.
@@ -108,8 +104,8 @@ class ReasoningRecommender(nn.Module):
             raise ValueError(f"similarity must be 'cosine' or 'dot', got {similarity!r}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        _positive_int("max_new_tokens", max_new_tokens)
-        _positive_int("max_history", max_history)
+        positive_int("max_new_tokens", max_new_tokens)
+        positive_int("max_history", max_history)
         self.lm = lm
         self.tokenizer = tokenizer
         self.answer_id = add_answer_token(tokenizer, lm)
@@ -124,6 +120,7 @@ class ReasoningRecommender(nn.Module):
         )
         self.style = style
         self.catalog: dict[str, dict] = {}
+        self.removed_items: dict[str, dict] = {}  # text of items update_items removed, for prompts only
         if catalog is not None:
             self.set_catalog(catalog)
         self._table: Tensor | None = None  # cached (N, D) torch copy of rec_head for exact scoring
@@ -137,7 +134,7 @@ class ReasoningRecommender(nn.Module):
     @property
     def hidden_size(self) -> int:
         """D, the size of the final hidden state (the input size of ``lm_head``)."""
-        return self.lm_head.weight.shape[1]
+        return getattr(self.lm_head, "original_module", self.lm_head).weight.shape[1]  # PEFT: no merge
 
     @property
     def rec_head(self) -> ItemIndex | None:
@@ -189,10 +186,10 @@ class ReasoningRecommender(nn.Module):
             raise ValueError(
                 f"user states must be (B, {table.shape[1]}), got shape {tuple(user_states.shape)}"
             )
-        _check_finite(user_states, "user states")
+        check_finite(user_states, "user states")
         u = self._normalise(user_states).to(table.device)  # (B, D)
         scores = (u @ table.T) / self.config.temperature  # (B, N)
-        _check_finite(scores, f"scores ({self.config.similarity} / temperature overflowed)")
+        check_finite(scores, f"scores ({self.config.similarity} / temperature overflowed)")
         return scores
 
     # ------------------------------------------------------------------ catalog and item table
@@ -200,6 +197,7 @@ class ReasoningRecommender(nn.Module):
         """Use ``catalog`` (``item_id``, ``title``, attributes) for prompts; checked by ``catalog_records``:
         ids ``str`` (ints converted), unique; a missing title warns and reads "Untitled item"."""
         self.catalog = catalog_records(catalog)
+        revive(self.removed_items, self.catalog)
 
     def item_prompt_ids(self, items: Sequence[Mapping]) -> list[list[int]]:
         texts = [render_item_prompt(self.tokenizer, it, self.style) for it in items]
@@ -217,7 +215,7 @@ class ReasoningRecommender(nn.Module):
     def _item_vectors(self, records: Mapping[str, Mapping], batch_size: int, progress: bool) -> Tensor:
         """(N, D) table rows for ``records`` (by id); NaN or inf states are refused, naming the items."""
         vecs = self._normalise(self.encode_items(list(records.values()), batch_size, progress))
-        _check_finite(vecs, "item states", labels=list(records))
+        check_finite(vecs, "item states", labels=list(records))
         return vecs
 
     def build_item_table(
@@ -243,7 +241,8 @@ class ReasoningRecommender(nn.Module):
         changed: pd.DataFrame | None = None,
         batch_size: int = 64,
     ) -> None:
-        """Incremental catalog change: re-encode only ``added`` and ``changed`` items, drop ``removed``.
+        """Incremental catalog change: re-encode only ``added`` and ``changed`` items, drop ``removed``
+        (never recommended again; their text stays in ``removed_items`` for histories that hold them).
 
         Everything is checked (``rrec.items.check_update``) and encoded before the table changes, so a
         bad change (repeated id, added id already present, removed/changed id absent, an id in two
@@ -258,11 +257,11 @@ class ReasoningRecommender(nn.Module):
         ]
         if gone:
             self.rec_head.remove(gone)
-            for i in gone:
-                self.catalog.pop(i, None)
+            retire(self.catalog, self.removed_items, gone)
         for op, recs, vecs in encoded:
             op(list(recs), vecs.cpu().numpy())
             self.catalog.update(recs)
+            revive(self.removed_items, recs)
         self._table = None
 
     def item_table(self) -> Tensor:
@@ -301,8 +300,9 @@ class ReasoningRecommender(nn.Module):
         """(prompt, number of history entries cut by ``max_history``)."""
         if not self.catalog:
             raise ValueError("no catalog: pass a DataFrame with item_id and title (set_catalog)")
+        records = prompt_records(self.catalog, self.removed_items)
         return history_prompt(
-            self.tokenizer, history, self.catalog, self.config.max_history, target_time, reasoning, self.style
+            self.tokenizer, history, records, self.config.max_history, target_time, reasoning, self.style
         )
 
     @torch.no_grad()
@@ -314,7 +314,8 @@ class ReasoningRecommender(nn.Module):
         max_new_tokens: int | None = None,
         *,
         do_sample: bool = False,
-        temperature: float = 1.0,
+        sampling_temperature: float = 1.0,
+        seed: int | None = None,
         engine: str | None = None,
     ) -> tuple[Tensor, list[str], list[bool]]:
         """Write the reasoning for each history and read the user state at ``<answer>``.
@@ -322,16 +323,18 @@ class ReasoningRecommender(nn.Module):
         Returns ((B, D) float32 user states, reasoning texts, whether ``<answer>`` was forced). Histories
         longer than ``max_history`` keep their most recent items, with one ``HistoryTruncatedWarning``
         per call. ``max_new_tokens`` (default: the config's) must be >= 1. ``engine`` overrides
-        ``rollout_engine`` for this call.
+        ``rollout_engine`` for this call. With ``do_sample``, ``seed`` makes the draws reproducible: row b
+        samples from its own generator seeded ``seed + b`` (so a row does not depend on the others).
         """
         engine = check_engine(self.rollout_engine if engine is None else engine)
-        if isinstance(histories, str | bytes) or len(histories) == 0:
-            raise ValueError(f"histories must be a non-empty list of histories, got {histories!r:.60}")
+        histories = history_list(histories)
+        if len(histories) == 0:
+            raise ValueError("histories must be a non-empty list of histories, got an empty one")
         times = list(target_times) if target_times is not None else [None] * len(histories)
         if len(times) != len(histories):
             raise ValueError(f"{len(times)} target_times for {len(histories)} histories")
         budget = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
-        _positive_int("max_new_tokens", budget)
+        positive_int("max_new_tokens", budget)
         pairs = [self._prompt(h, t, reasoning) for h, t in zip(histories, times, strict=True)]
         n_cut = sum(dropped > 0 for _, dropped in pairs)
         if n_cut:
@@ -353,7 +356,8 @@ class ReasoningRecommender(nn.Module):
             eos_ids=[eos] if eos is not None else [],
             max_new_tokens=budget,
             do_sample=do_sample,
-            temperature=temperature,
+            temperature=sampling_temperature,
+            row_seeds=None if seed is None else [int(seed) + b for b in range(len(ids))],
             engine=decoder,
         )
         texts = self.decode_completions(roll.completion_ids, roll.completion_mask)
@@ -381,32 +385,37 @@ class ReasoningRecommender(nn.Module):
         max_new_tokens: int | None = None,
         target_times: Sequence[float | None] | None = None,
         do_sample: bool = False,
-        temperature: float = 1.0,
+        sampling_temperature: float = 1.0,
+        seed: int | None = None,
         engine: str | None = None,
     ) -> list[Recommendation]:
         """Greedy (default) reasoning for each history, then the top-``k`` items by ``score``.
 
         Args:
             histories: lists of item ids, or of records with ``item_id`` and optional ``rating`` /
-                ``timestamp``. Ids are ``str``; ``int`` ids are converted (``50`` -> ``"50"``), other
+                ``timestamp`` (a list, or a Series such as ``df["history"]``; see ``rrec.inputs``).
+                Ids are ``str``; ``int`` ids are converted (``50`` -> ``"50"``), other
                 types are a ``ValueError``; an id absent from the catalog is a ``KeyError``. An empty
                 history is a cold start; a repeated id is kept (one prompt line per entry); beyond
                 ``max_history`` the oldest entries are cut with a ``HistoryTruncatedWarning``.
             k: K >= 1. Fewer items come back when fewer than K are left after exclusion.
             exclude_history: leave the history's items (all of them, also those cut) out of the ranking.
+            do_sample / sampling_temperature / seed: sampled reasonings (default greedy), reproducible
+                with ``seed`` (see ``reason``). ``sampling_temperature`` is not the score ``temperature``.
             engine: the decoder for this call (default: ``rollout_engine``; see ``rrec.decoding``).
 
         A reasoning that never writes ``<answer>`` is cut at ``max_new_tokens`` with ``<answer>`` forced:
         the items still come back, with ``forced_answer=True``. The item table is checked (built, not
         empty, of dim D) before any generation; NaN or inf states or scores raise ``ValueError``.
         """
-        _positive_int("k", k)
+        positive_int("k", k)
+        histories = history_list(histories)
         if not histories:
             return []
         self.item_table()
         states, texts, forced = self.reason(
-            histories, target_times, reasoning, max_new_tokens,
-            do_sample=do_sample, temperature=temperature, engine=engine,
+            histories, target_times, reasoning, max_new_tokens, do_sample=do_sample,
+            sampling_temperature=sampling_temperature, seed=seed, engine=engine,
         )  # fmt: skip
         scores = self.score(states)  # (B, N), all finite
         all_ids = self.item_ids
@@ -447,18 +456,8 @@ class ReasoningRecommender(nn.Module):
         catalog: pd.DataFrame | None = None,
         **overrides,
     ) -> ReasoningRecommender:
-        """Load a folder written by ``save_pretrained``, or wrap a plain HF model folder."""
+        """Load a ``save_pretrained`` folder (a training checkpoint: without its half-refreshed item table)
+        or a HF model folder; by default on the GPU in bf16 if there is one, else on the CPU in float32."""
         from rrec.persistence import load_model
 
         return load_model(cls, path, dtype=dtype, device=device, catalog=catalog, **overrides)
-
-
-def _check_finite(x: Tensor, what: str, labels: list | None = None) -> None:
-    """ValueError naming the rows (or their ``labels``) of a 2-D ``x`` that hold NaN or inf."""
-    bad = (~torch.isfinite(x).all(dim=1)).nonzero().flatten().tolist()
-    if bad:
-        named = [labels[i] for i in bad] if labels is not None else bad
-        kind = "items" if labels is not None else "rows"
-        raise ValueError(
-            f"{what} contain NaN or inf at {kind} {named[:10]} ({len(bad)} in all): refusing to rank"
-        )

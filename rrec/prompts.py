@@ -3,9 +3,13 @@
 The control token ``<answer>`` ends the reasoning: the model's final hidden state there is the user
 state that the item head scores against the catalog. It must be one token id. Most tokenizers (SmolLM2's
 included) split the string into ``<``, ``answer``, ``>``, so :func:`add_answer_token` adds it as a special
-token and initialises its embedding row with the mean of those pieces' rows: the model then starts from
-something that "reads like" the string it replaces rather than from noise (with tied embeddings, as in
-SmolLM2, the output row is the same row, so sampling ``<answer>`` starts about as likely as the string).
+token and initialises its input and output embedding rows with the mean of those pieces' rows: the model
+then starts from something that "reads like" the string it replaces rather than from noise (with tied
+embeddings, as in SmolLM2, the output row is the same row, so sampling ``<answer>`` starts about as likely
+as the string). The rows are set whenever the tokenizer added the token, also when the embedding table
+already had room for it: Qwen2.5's table has more rows than its tokenizer has tokens, so the new id lands
+on an untrained spare row and no resize happens. Under LoRA these rows can train with the adapter
+(``rrec.backbone.apply_lora(..., trainable_tokens=[answer_id])``).
 
 User prompt: a system instruction, then one line per history item, oldest first: relative time before
 the target (when timestamps exist), title with attributes, and the rating (when given). With
@@ -72,9 +76,9 @@ class PromptStyle:
 
 
 def add_answer_token(tokenizer, model=None) -> int:
-    """Make ``<answer>`` a single token id; resize and initialise ``model``'s embeddings if it was added.
+    """Make ``<answer>`` a single token id; if it was added, initialise ``model``'s rows for it.
 
-    Returns the token id. Idempotent: a tokenizer that already has it is left alone.
+    Returns the token id. Idempotent: a tokenizer that already has it is left alone (and so is ``model``).
     """
     pieces = tokenizer(ANSWER_TOKEN, add_special_tokens=False).input_ids
     if len(pieces) == 1:
@@ -87,12 +91,12 @@ def add_answer_token(tokenizer, model=None) -> int:
 
 
 def resize_for_answer_token(model, new_id: int, piece_ids: Sequence[int]) -> None:
-    """Grow ``model``'s vocabulary to hold ``new_id`` and set its rows to the mean of ``piece_ids``' rows."""
+    """Set ``model``'s input and output rows ``new_id`` to the mean of ``piece_ids``' rows, growing the
+    vocabulary first only when it has no row ``new_id`` (a table with spare rows is not resized)."""
     import torch
 
-    if model.get_input_embeddings().weight.shape[0] > new_id:
-        return
-    model.resize_token_embeddings(new_id + 1, mean_resizing=False)
+    if model.get_input_embeddings().weight.shape[0] <= new_id:
+        model.resize_token_embeddings(new_id + 1, mean_resizing=False)
     with torch.no_grad():
         for emb in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings())}.values():
             if emb is None:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from rrec.backbone import final_hidden, position_ids_from_mask
+from rrec.backbone import final_hidden, position_ids_from_mask, token_rows_merged
 
 if TYPE_CHECKING:
     from rrec.engine import StaticDecoder
@@ -129,6 +129,7 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device=None) -> tu
 
 
 @torch.no_grad()
+@token_rows_merged  # trainable <answer> rows written in once, not rebuilt at every step (rrec.backbone)
 def generate_reasoning(
     lm: nn.Module,
     prompt_ids: Tensor,
@@ -238,7 +239,7 @@ def generate_reasoning(
             h = engine.decode(nxt, next_pos, ~finished_before)
         else:
             hidden, cache = final_hidden(
-                lm, nxt[:, None], mask, position_ids=next_pos[:, None], past_key_values=cache, use_cache=True
+                lm, nxt[:, None], mask, position_ids=next_pos[:, None], cache=cache, use_cache=True
             )
             h = hidden[:, -1]
         next_pos = next_pos + 1

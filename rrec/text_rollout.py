@@ -58,15 +58,15 @@ def load_policy(
     path = model or str(model_dir() if model_dir().exists() else fetch(datasets=())["model"])
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch_dtype = parse_dtype(dtype, device) if lora else torch.float32
+    weights_dtype = parse_dtype(dtype, device) if lora else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device)
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=weights_dtype).to(device)
     if lora:
         lm = apply_lora(lm, rank=lora_rank, alpha=lora_alpha)
     if gradient_checkpointing:
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         lm.enable_input_require_grads()
     lm.eval()
     return lm, tokenizer

@@ -1,6 +1,7 @@
 """Building blocks the training recipes share: batches of samples, teacher-forced policy passes, item
-states for a batch's targets, history masks, and the pieces that make W processes train like one
-(per-row sampling seeds, loss normalisation, the sharded item table). The loops live in ``recipes/``.
+states for a batch's targets, history masks, the KL reference policy, and the pieces that make W
+processes train like one (per-row sampling seeds, loss normalisation, the sharded item table), and where
+a resumed run restarts (its checkpoint and log). The loops live in ``recipes/``.
 
 Letters: B users, G samples per user, P prompt tokens, T completion tokens, N items, D hidden, V vocab,
 W processes.
@@ -8,8 +9,11 @@ W processes.
 
 from __future__ import annotations
 
+import copy
+import json
 import warnings
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from item_index import ItemIndex
-from rrec import distributed
+from rrec import checkpoint, distributed
 from rrec.backbone import final_hidden
 from rrec.evaluation import histories_of
 from rrec.items import encode_token_lists
@@ -68,12 +72,18 @@ def target_columns(model, targets: Sequence) -> Tensor:
     return torch.tensor([cols[str(t)] for t in targets], device=model.device)
 
 
-def history_mask(model, histories: Sequence[Sequence], n_items: int) -> Tensor:
-    """(B, N) True at each row's history items (never the target: callers pass histories only)."""
+def history_mask(model, histories: Sequence[Sequence], n_items: int, *, targets: Sequence) -> Tensor:
+    """(B, N) True at each row's history items, never at its target's column.
+
+    A target that also appears in the history stays unmasked: the reward ranks it like any target, the
+    same rule as the evaluation (``rrec.metrics.rank_of_target`` never excludes the target).
+    """
+    if len(targets) != len(histories):
+        raise ValueError(f"{len(targets)} targets for {len(histories)} histories")
     cols = {iid: j for j, iid in enumerate(model.item_ids)}
     mask = torch.zeros(len(histories), n_items, dtype=torch.bool, device=model.device)
-    for b, h in enumerate(histories):
-        mask[b, [cols[str(i)] for i in h if str(i) in cols]] = True
+    for b, (h, t) in enumerate(zip(histories, targets, strict=True)):
+        mask[b, [cols[str(i)] for i in h if str(i) in cols and str(i) != str(t)]] = True
     return mask
 
 
@@ -125,6 +135,47 @@ def policy_forward(
     answer_pos = P + completion_mask.sum(1) - 1  # (B*G,)
     states = hidden[torch.arange(ids.shape[0], device=ids.device), answer_pos].float()
     return torch.cat(logps) * completion_mask, states
+
+
+class ReferencePolicy:
+    """The frozen reference of the k3 KL term (``beta_kl`` > 0): log-probs under the starting policy.
+
+    LoRA (a PEFT model): the adapter-disabled model, no copy (the base weights never train). Full
+    fine-tuning: a frozen copy of the weights as they are at construction (``copy.deepcopy``, eval mode,
+    no gradient; one more copy of the weights in memory). Build it once, before the first update and
+    before loading a checkpoint, so a resumed run keeps the starting weights as its reference.
+    """
+
+    def __init__(self, lm: nn.Module):
+        self.lm = lm
+        self.frozen = None
+        if not hasattr(lm, "disable_adapter"):  # PEFT's context manager; a plain HF model has none
+            self.frozen = copy.deepcopy(lm).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def logps(
+        self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, completion_mask: Tensor,
+        temperature: float = 1.0,
+    ) -> Tensor:  # fmt: skip
+        """(B*G, T) reference log-probs of the completion tokens (as :func:`policy_forward`'s)."""
+        args = (prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)
+        if self.frozen is not None:
+            return policy_forward(self.frozen, *args)[0]
+        was_training = self.lm.training
+        self.lm.eval()
+        try:
+            with self.lm.disable_adapter():
+                return policy_forward(self.lm, *args)[0]
+        finally:
+            self.lm.train(was_training)
+
+
+def reference_policy(lm: nn.Module, beta_kl: float) -> ReferencePolicy | None:
+    """The KL reference every recipe with ``beta_kl`` builds (the one shared guard): None when
+    ``beta_kl`` is 0, else a :class:`ReferencePolicy` of ``lm`` (LoRA or full fine-tuning)."""
+    if not beta_kl >= 0:
+        raise ValueError(f"beta_kl must be >= 0, got {beta_kl}")
+    return ReferencePolicy(lm) if beta_kl > 0 else None
 
 
 def rollout_seeds(seed: int, step: int, users: Sequence[int], group_size: int) -> list[int]:
@@ -183,6 +234,30 @@ def build_item_table(model, batch_size: int = 64) -> None:
     index.add(ids, vecs.cpu().numpy())
     model.rec_head = index
     model.invalidate_table_cache()
+
+
+def resume_path(resume_from: str, out: Path) -> Path | None:
+    """The checkpoint to resume from: a folder, the newest in ``out`` for "latest", or None."""
+    if not resume_from:
+        return None
+    if resume_from == "latest":
+        found = checkpoint.list_checkpoints(out)
+        return found[-1] if found else None
+    return Path(resume_from)
+
+
+def kept_log(path: Path, last_step: int) -> list[str]:
+    """Lines of a metrics.jsonl up to ``last_step`` (a resumed run redoes the later ones)."""
+    if not path.exists():
+        return []
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= last_step:
+                lines.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    return lines
 
 
 def trainable_parameters(lm: nn.Module) -> list[nn.Parameter]:

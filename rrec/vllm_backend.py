@@ -110,14 +110,19 @@ def merged_weights(lm: nn.Module) -> Iterator[tuple[str, Tensor]]:
     """``lm``'s weights under their HF names, LoRA deltas merged in (as its forward uses them), lazily.
 
     A PEFT LoRA layer ``q_proj`` yields ``q_proj.weight`` = base + delta (``rrec.engine.effective_weight``)
-    and none of its ``base_layer`` / ``lora_A`` / ``lora_B`` parameters; tied weights are yielded once.
+    and none of its ``base_layer`` / ``lora_A`` / ``lora_B`` parameters; an embedding with PEFT trainable
+    token rows (``<answer>``) yields its ``weight`` with the rows written in; tied weights are yielded once.
     """
     base = _base(lm)
-    lora = [(name, mod) for name, mod in base.named_modules() if hasattr(mod, "base_layer")]
-    inside = tuple(f"{name}." for name, _ in lora)
+    lora = [(name, mod) for name, mod in base.named_modules() if hasattr(mod, "lora_A")]
+    tokens = [(name, mod) for name, mod in base.named_modules() if hasattr(mod, "token_adapter")]
+    inside = tuple(f"{name}." for name, _ in lora + tokens)
     for name, p in base.named_parameters():
         if not name.startswith(inside):
             yield name, p.detach()
+    for name, mod in tokens:
+        if mod.token_adapter.tied_adapter is None:  # a head tied to the embedding is the same weight
+            yield f"{name}.weight", mod.weight.detach()
     for name, mod in lora:
         w, b = effective_weight(mod)
         yield f"{name}.weight", w.detach()

@@ -16,11 +16,12 @@ from rrec.baselines import Popularity, popularity_counts, score_split
 from rrec.config import ConfigError, load_config
 from rrec.data import load_prepared
 from rrec.evaluation import select_samples
+from rrec.metrics import paired_bootstrap, per_sample_ndcg
 from tests.recipe_fixtures import tiny_model_dir, tiny_prepared
 
 CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
 COLUMNS = ["method", "eval set", "Hit@5", "Hit@10", "Hit@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR"]
-COLUMNS += ["NDCG@10 95% CI", "samples", "users", "wall s", "CPU s"]
+COLUMNS += ["NDCG@10 95% CI", "NDCG@10 - pop (paired 95% CI)", "samples", "users", "wall s", "CPU s"]
 SMALL = ["epochs=1", "sasrec={hidden_size: 8, num_heads: 1, inner_size: 16}", "max_new_tokens=4"]
 
 
@@ -95,6 +96,33 @@ def test_pop_rows_equal_direct_scoring(first, prepared):
         ranks = score_split(pop, samples, item_ids, mask_history=True)
         hit10 = float((ranks <= 10).double().mean())
         assert rows["pop", eval_set]["metrics"]["hit@10"] == pytest.approx(hit10)
+
+
+def test_rows_are_compared_with_pop_on_the_same_samples(first, prepared):
+    """Each non-pop row ranked here carries NDCG@10 - pop with its paired interval: recomputed here from
+    the saved SASRec model and the popularity counts on the same samples."""
+    results, _, out, _ = first
+    rows = by_key(results)
+    data = load_prepared(prepared)
+    item_ids = data.items["item_id"].tolist()
+    pop = Popularity(popularity_counts(data.splits["train"], item_ids))
+    sasrec, _ = compare.load_baseline(out / "sasrec", item_ids, "cpu")
+    test = data.splits["test"]
+    for eval_set, samples in (("full", test), ("subset", select_samples(test, None, 1, 0))):
+        a = per_sample_ndcg(score_split(sasrec, samples, item_ids, mask_history=True), 10)
+        b = per_sample_ndcg(score_split(pop, samples, item_ids, mask_history=True), 10)
+        d = paired_bootstrap(a, b, samples["user_id"].astype(str).tolist())
+        vs = rows["sasrec", eval_set]["metrics"]["ndcg@10_vs_pop"]
+        assert vs == {"mean": d.mean, "ci95": [d.low, d.high], "frac_positive": d.frac_positive}
+        assert "ndcg@10_vs_pop" not in rows["pop", eval_set]["metrics"]
+    tiny = rows["tiny", "subset"]["metrics"]
+    assert set(tiny["ndcg@10_vs_pop"]) == {"mean", "ci95", "frac_positive"}
+    assert 0.0 <= tiny["tied_frac"] <= 1.0  # an LLM row says how often its target was tied
+    cells = {line.split("|")[1].strip() + "/" + line.split("|")[2].strip(): line.split("|")[11].strip()
+             for line in results["table"].splitlines()[2:]}  # fmt: skip
+    assert cells["pop/full"] == cells["pop/subset"] == "-"
+    vs = rows["sasrec", "full"]["metrics"]["ndcg@10_vs_pop"]
+    assert cells["sasrec/full"] == f"{vs['mean']:+.4f} [{vs['ci95'][0]:+.4f}, {vs['ci95'][1]:+.4f}]"
 
 
 def test_markdown_is_appended_with_the_command(first):
@@ -180,7 +208,7 @@ def test_comparison_table_formats_a_row():
     row = [c.strip() for c in table.splitlines()[2].strip("|").split("|")]
     metric_cells = ["0.1000", "0.2000", "0.3000", "0.0500", "0.0865", "0.1000", "0.0700"]
     # 812.4 s -> "812" (whole seconds from 10 s on), 5.04 s -> "5.0" (one decimal below 10 s)
-    assert row == ["sasrec", "full", *metric_cells, "[0.0700, 0.1000]", "9,906", "166", "812", "5.0"]
+    assert row == ["sasrec", "full", *metric_cells, "[0.0700, 0.1000]", "-", "9,906", "166", "812", "5.0"]
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("compare_*.yaml")), ids=lambda p: p.name)

@@ -47,6 +47,7 @@ def test_every_shipped_recipe_config_loads_into_its_dataclass():
         recllm_r1,
         recone,
         reczero,
+        train_allpos,
         train_baseline,
         train_contrastive,
         train_recpo,
@@ -59,6 +60,7 @@ def test_every_shipped_recipe_config_loads_into_its_dataclass():
         "demo_": train_recpo.RecPOConfig, "like_dislike_": grpo_like_dislike.LikeDislikeConfig,
         "reczero_": reczero.RecZeroConfig, "recone_": recone.RecOneConfig,
         "make_traces_": make_traces.MakeTracesConfig, "recllm_r1_": recllm_r1.RecLLMR1Config,
+        "allpos_": train_allpos.AllPosConfig,
     }  # fmt: skip
     checked = 0
     for path in sorted(configs.glob("*.yaml")):

@@ -9,6 +9,7 @@ from rrec.backbone import apply_lora
 from rrec.engine import StaticDecoder, supported
 from rrec.rollout import generate_reasoning, left_pad
 from tests.conftest import make_tiny_lm
+from tests.tolerance import N_TINY, assert_f32_close
 
 
 def _tiny_qwen2(tokenizer):
@@ -61,8 +62,8 @@ def test_greedy_rollout_equals_the_hf_path(tokenizer, kind):
         lm = _with_lora(make_tiny_lm(tokenizer, seed=4))
     ref, got = _rollouts(lm, tokenizer, G=2, do_sample=False)
     assert torch.equal(ref.completion_ids, got.completion_ids) and torch.equal(ref.forced, got.forced)
-    torch.testing.assert_close(got.logps, ref.logps, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(got.user_states, ref.user_states, atol=1e-5, rtol=1e-5)
+    assert_f32_close(got.logps, ref.logps, n=N_TINY)
+    assert_f32_close(got.user_states, ref.user_states, n=N_TINY)
 
 
 def test_sampled_rollout_equals_the_hf_path_with_the_same_seeds(tokenizer):
@@ -72,7 +73,7 @@ def test_sampled_rollout_equals_the_hf_path_with_the_same_seeds(tokenizer):
         lm, tokenizer, G=3, do_sample=True, temperature=1.5, top_k=50, row_seeds=list(range(9))
     )
     assert torch.equal(ref.completion_ids, got.completion_ids)
-    torch.testing.assert_close(got.logps, ref.logps, atol=1e-5, rtol=1e-5)
+    assert_f32_close(got.logps, ref.logps, n=N_TINY)
 
 
 def test_load_refreshes_merged_lora_weights(tokenizer):
@@ -91,7 +92,7 @@ def test_load_refreshes_merged_lora_weights(tokenizer):
 
     want = final_hidden(lm, ids, mask)[0][:, -1]
     assert torch.equal(before, stale)  # a snapshot: changes are not seen until load()
-    torch.testing.assert_close(fresh, want, atol=1e-5, rtol=1e-5)
+    assert_f32_close(fresh, want, n=N_TINY)
 
 
 def test_unsupported_models_and_sizes_are_refused(tokenizer):

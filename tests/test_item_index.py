@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from item_index import ItemIndex, ItemIndexError
+from tests.tolerance import f32_tol
 
 EXACT = {"flat": {}, "ivf": {"nlist": 2, "nprobe": 2}, "hnsw": {"M": 16, "ef_search": 2000}}
 
@@ -36,7 +37,16 @@ def brute_force(vectors, ids, xq, k, metric, exclude=None):
     return top, np.where(np.isinf(top), pad, all_ids[order])
 
 
-def assert_matches_oracle(got, vectors, ids, xq, k, metric, exclude=None, tol=1e-4):
+def score_tol(vectors, xq, metric: str) -> float:
+    """Float32 rounding of a FAISS score (tests/tolerance.py): a sum of d products bounded by |x| |q|
+    (ip), or for L2, computed as |x|^2 + |q|^2 - 2 x.q, of terms bounded by (|x| + |q|)^2."""
+    x, q = np.asarray(vectors, np.float64), np.asarray(xq, np.float64)
+    d = q.shape[-1]
+    xn, qn = np.linalg.norm(x.reshape(-1, d), axis=1).max(), np.linalg.norm(q.reshape(-1, d), axis=1).max()
+    return f32_tol(d, xn * qn if metric == "ip" else (xn + qn) ** 2)
+
+
+def assert_matches_oracle(got, vectors, ids, xq, k, metric, exclude=None, tol=None):
     """``got = (scores, ids)`` equals the oracle: scores to float32 rounding, ids exactly except at ties.
 
     Where an id differs from the oracle's, it must be a distinct, non-excluded item whose own score equals
@@ -44,7 +54,8 @@ def assert_matches_oracle(got, vectors, ids, xq, k, metric, exclude=None, tol=1e
     """
     scores, got_ids = got
     ref_scores, ref_ids = brute_force(vectors, ids, xq, k, metric, exclude)
-    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=tol)
+    tol = score_tol(vectors, xq, metric) if tol is None else tol
+    np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=tol)
     lookup = dict(zip(list(ids), np.asarray(vectors, np.float64), strict=True))
     for q in range(len(got_ids)):
         row = [i for i in got_ids[q].tolist() if i not in (-1, None)]
@@ -113,13 +124,13 @@ def test_flat_equals_brute_force(metric, nq):
     assert gaps.min() > 1e-3  # no near-ties in this data, so ids must match exactly
     scores, got = index.search(xq, 10)
     assert (got == ref_ids).all()
-    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=score_tol(x, xq, metric))
     # with exclusions: the first 3 true neighbours of each query (and an unknown id) are left out
     exclude = [[*row[:3].tolist(), "nope"] for row in ref_ids]
     ref_scores, ref_ids = brute_force(x, ids, xq, 10, metric, exclude)
     scores, got = index.search(xq, 10, exclude=exclude)
     assert (got == ref_ids).all() and np.isfinite(scores).all()
-    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=score_tol(x, xq, metric))
 
 
 def test_search_accepts_torch_queries_and_matches_numpy():
@@ -181,7 +192,7 @@ def test_churned_index_equals_index_built_from_scratch(backend):
     scores, ids = index.search(xq, 10)
     scratch_scores, scratch_ids = scratch.search(xq, 10)
     assert (ids == scratch_ids).all()
-    np.testing.assert_allclose(scores, scratch_scores, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(scores, scratch_scores, rtol=0, atol=score_tol(final, xq, "ip"))
     assert_matches_oracle((scores, ids), final, final_ids, xq, 10, "ip")
 
 

@@ -9,6 +9,7 @@ import torch
 from rrec.items import common_prefix_len, encode_token_lists, tokenize_prompts
 from rrec.prompts import add_answer_token, render_item_prompt
 from tests.test_model import catalog
+from tests.tolerance import N_TINY, assert_f32_close
 
 
 def test_common_prefix_len():
@@ -34,5 +35,5 @@ def test_shared_prefix_equals_full_prompts(tokenizer, tiny_lm):
             for s in ids
         ]
     )
-    torch.testing.assert_close(plain, alone, atol=1e-5, rtol=1e-4)  # padding does not leak
-    torch.testing.assert_close(shared, alone, atol=1e-5, rtol=1e-4)  # nor does the shared prefix
+    assert_f32_close(plain, alone, n=N_TINY)  # padding does not leak
+    assert_f32_close(shared, alone, n=N_TINY)  # nor does the shared prefix

@@ -290,5 +290,5 @@ def test_recipe_rejects_bad_settings(tmp_path, tokenizer):
         recipe.main(_args(tmp_path, tokenizer, no_such_key=1))
     with pytest.raises(ValueError, match="method"):
         recipe.main(_args(tmp_path, tokenizer, method="dpo"))
-    with pytest.raises(ValueError, match="beta_kl"):
-        recipe.main(_args(tmp_path, tokenizer, lora="false", beta_kl=0.1))
+    with pytest.raises(ValueError, match="beta_kl"):  # full fine-tuning takes a KL now (a frozen copy)
+        recipe.main(_args(tmp_path, tokenizer, beta_kl=-0.1))

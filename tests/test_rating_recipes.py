@@ -68,8 +68,8 @@ def test_reczero_rejects_unknown_keys_and_kl_without_lora(tmp_path, tokenizer):
 
     with pytest.raises(ConfigError):
         reczero.main(_args(tmp_path, tokenizer, no_such_key=1))
-    with pytest.raises(ValueError, match="beta_kl"):
-        reczero.main(_args(tmp_path, tokenizer, lora="false", beta_kl=0.1))
+    with pytest.raises(ValueError, match="beta_kl"):  # full fine-tuning takes a KL now (a frozen copy)
+        reczero.main(_args(tmp_path, tokenizer, beta_kl=-0.1))
 
 
 def test_rl_loop_moves_every_lora_parameter(tmp_path, tokenizer, monkeypatch):

@@ -56,3 +56,39 @@ def test_contrastive_max_train_minutes_stops_after_the_crossing_step(tmp_path, t
     result = train_contrastive.main([f"{k}={v}" for k, v in args.items()])
     assert result["steps"] == 1 and result["stopped_by_time"] and len(result["history"]) == 1
     assert (tmp_path / "run" / "final").is_dir()
+
+
+def test_contrastive_mid_training_evaluation_runs_on_valid(tmp_path, tokenizer, monkeypatch):
+    # eval_every=1, 2 steps: before (test), after step 1 (valid: test is never touched mid-training),
+    # after (the same test samples as before)
+    from rrec.data import load_prepared
+    from rrec.evaluation import select_samples
+
+    def keys(df):
+        return list(zip(df["user_id"].astype(str), df["target"].astype(str), df["timestamp"], strict=True))
+
+    calls = []
+    run_eval = train_contrastive.run_eval
+
+    def recording(model, df, cfg, **kw):
+        calls.append(keys(df))
+        return run_eval(model, df, cfg, **kw)
+
+    monkeypatch.setattr(train_contrastive, "run_eval", recording)
+    args = {
+        "model": str(tiny_model_dir(tmp_path / "base", tokenizer)),
+        "prepared": str(tiny_prepared(tmp_path / "data")),
+        "out_dir": str(tmp_path / "run"),
+        "steps": 2,
+        "users_per_step": 4,
+        "eval_every": 1,
+        "eval_users": 3,
+        "dtype": "float32",
+    }
+    train_contrastive.main([f"{k}={v}" for k, v in args.items()])
+    data = load_prepared(tmp_path / "data")
+    test = keys(select_samples(data.splits["test"], 3, 1, 0))
+    valid = keys(select_samples(data.splits["valid"], 32, 1, 0))  # valid_users, valid_samples_per_user
+    assert calls == [test, valid, test] and not set(valid) & set(test)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert sum("valid/ndcg@10" in line for line in lines) == 1 and not any("eval/" in x for x in lines)

@@ -10,6 +10,7 @@ from recipes import train_recpo
 from rrec.backbone import apply_lora
 from rrec.model import ReasoningRecommender
 from tests.recipe_fixtures import tiny_model_dir, tiny_prepared
+from tests.tolerance import K_STEP, assert_f32_close
 
 
 def _args(tmp_path, tokenizer, **kw):
@@ -43,16 +44,17 @@ def test_recpo_lora_every_trainable_parameter_changes(tmp_path, tokenizer):
     # LoRA: every adapter weight moved away from its init; rebuild the init as the recipe's setup does
     torch.manual_seed(0)
     init = ReasoningRecommender.from_pretrained(tmp_path / "base")
-    init_lora = dict(apply_lora(init.lm, rank=4, alpha=8).named_parameters())
-    lora = {n: p for n, p in after.lm.named_parameters() if "lora_" in n}
-    assert len(lora) == 2 * 7 * 2  # A and B, 7 projections, 2 layers
+    init_lm = apply_lora(init.lm, rank=4, alpha=8, trainable_tokens=[init.answer_id])
+    init_lora = dict(init_lm.named_parameters())
+    lora = {n: p for n, p in after.lm.named_parameters() if "lora_" in n or "trainable_tokens_delta" in n}
+    assert len(lora) == 2 * 7 * 2 + 1  # A and B, 7 projections, 2 layers; the (tied) <answer> row
     for n, p in lora.items():
         assert not torch.equal(p, init_lora[n]), f"{n} did not change"
     # the base weights are untouched
     b0 = dict(before.lm.named_parameters())
     for n, p in after.lm.named_parameters():
-        if "lora_" not in n:
-            key = n.replace("base_model.model.", "").replace(".base_layer", "")
+        if n not in lora:
+            key = n.replace("base_model.model.", "").replace(".token_adapter", "").replace(".base_layer", "")
             torch.testing.assert_close(p, b0[key])
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3 and "train/clip_fraction" in json.loads(lines[0])
@@ -73,14 +75,21 @@ def test_recpo_full_finetune_changes_all_params_and_clip_engages(tmp_path, token
 def test_recpo_static_engine_equals_the_hf_rollout(tmp_path, tokenizer):
     # rollout_engine=static samples from the static-KV-cache decoder (rrec.engine, LoRA merged and
     # refreshed after every step): the same logits up to float32 rounding, so the same tokens from the same
-    # generator, and the same losses; tolerance 1e-5 relative (the two paths sum in another order).
-    # The evaluations before and after training use the same decoder (greedy): equal metrics.
+    # generator, and the same rewards and losses up to float32 rounding of a step over the batch's tokens
+    # (tests/tolerance.py; the two paths sum in another order). Losses are compared while the parameters
+    # are still equal up to one step's rounding (steps 1-2): from then on Adam's g / (|g| + eps) turns a
+    # rounding difference in a near-zero gradient coordinate into up to lr, a divergence no rounding
+    # bound covers (measured at step 3 with trainable <answer> rows: 25 eps32 sqrt(n)). The evaluations
+    # before and after training use the same decoder (greedy): equal metrics.
     hf = train_recpo.main(_args(tmp_path, tokenizer, out_dir=tmp_path / "hf", rollout_engine="hf"))
     st = train_recpo.main(_args(tmp_path, tokenizer, out_dir=tmp_path / "static", rollout_engine="static"))
+    n_tokens = 2 * 3 * (105 + 6)  # B x G rows of prompt (tiny_prepared: <= 105 tokens) + completion
     for a, b in zip(hf["history"], st["history"], strict=True):
         assert a["train/reasoning_len"] == b["train/reasoning_len"]
-        for key in ("train/loss", "train/reward_mean", "train/ndcg"):
-            assert abs(a[key] - b[key]) <= 1e-5 * max(1.0, abs(a[key])), (a["step"], key, a[key], b[key])
+        loss = ("train/loss",) if a["step"] <= 2 else ()
+        for key in (*loss, "train/reward_mean", "train/ndcg"):
+            scale = max(1.0, abs(a[key]))  # losses and rewards of order 1
+            assert_f32_close(b[key], a[key], n=n_tokens, k=K_STEP, scale=scale, msg=f"{a['step']} {key}")
     for when in ("before", "after"):
         for key in ("ndcg@10", "hit@10"):
             assert abs(hf[when][key] - st[when][key]) <= 1e-6, (when, key)

@@ -23,6 +23,7 @@ from rrec.model import ReasoningRecommender
 from rrec.vllm_backend import merged_weights
 from tests.test_recipe_recpo import _args
 from tests.test_vllm_backend import FakeLLM, fake_vllm  # noqa: F401  (fake_vllm: a fixture)
+from tests.tolerance import assert_f32_close
 
 B, G = 2, 3  # _args: users_per_step, num_generations
 
@@ -117,13 +118,17 @@ def test_vllm_run_syncs_before_each_rollout_and_trains(tmp_path, tokenizer, monk
         assert torch.equal(w, saved[n]), n
     assert len(AutoTokenizer.from_pretrained(run / "vllm_model")) == len(tokenizer) + 1  # <answer> added
     # sync 2 holds the weights after step 1's optimiser step, as checkpoint-1 saved them: the merged
-    # projections (2 layers x 7) moved, the rest (embeddings, norms) did not
+    # projections (2 layers x 7) and the embedding's <answer> row (it trains with LoRA) moved, the rest
+    # (the other rows, norms) did not
     after_1 = dict(merged_weights(ReasoningRecommender.from_pretrained(run / "checkpoint-1").lm))
     assert set(after_1) == set(rec.synced[1])
     moved = [n for n in after_1 if not torch.equal(rec.synced[1][n], rec.synced[0][n])]
-    assert len(moved) == 14 and all(n.endswith("proj.weight") for n in moved)
-    for n, w in after_1.items():
-        torch.testing.assert_close(rec.synced[1][n], w, rtol=0, atol=1e-7, msg=n)
+    emb = "model.embed_tokens.weight"
+    assert len(moved) == 15 and all(n.endswith("proj.weight") or n == emb for n in moved)
+    rows = (rec.synced[1][emb] != rec.synced[0][emb]).any(1).nonzero().flatten().tolist()
+    assert rows == [len(tokenizer)]  # <answer>'s id; tied embeddings: it is the output row too
+    for n, w in after_1.items():  # W + (alpha / r) B A: a sum over the rank (4) in another order
+        assert_f32_close(rec.synced[1][n], w, n=4, msg=n)
 
     # the fake got each step's batch prompts (unpadded ids), each G times in a row, user-major
     data = load_prepared(tmp_path / "data")

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
+from rrec.metrics import rank_of_target
+from rrec.ppo import clipped_surrogate
 from rrec.recpo import (
     best_in_group,
-    clipped_surrogate,
     fused_reward,
     group_advantages,
     in_batch_item_logps,
@@ -19,13 +20,14 @@ from rrec.recpo import (
 
 def test_fused_reward_known_ranks_both_modes():
     # row 0: target (col 0) has the top score -> rank 1, R_d = 1/log2(2) = 1
-    # row 1: one item scores higher than the target -> rank 2, R_d = 1/log2(3) = 0.63093
+    # row 1: col 2 scores higher and col 1 ties with the target; ties count against the target in the
+    # reward -> rank 3, R_d = 1/log2(4) = 0.5 (the evaluation's rule would give rank 2)
     # R_c = softmax(row)[target]: row 0 = e^2/(e^2+2), row 1 = 1/(e^2+2)
     s = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
     t = torch.tensor([0, 0])
     e2 = math.exp(2)
     rc = torch.tensor([e2 / (e2 + 2), 1 / (e2 + 2)])
-    rd = torch.tensor([1.0, 1 / math.log2(3)])
+    rd = torch.tensor([1.0, 0.5])
     torch.testing.assert_close(fused_reward(s, t, beta=0.1, mode="convex"), 0.9 * rd + 0.1 * rc)
     torch.testing.assert_close(fused_reward(s, t, beta=0.1, mode="additive"), rd + 0.1 * rc)
 
@@ -157,3 +159,91 @@ def test_clip_fraction_engages_when_policy_moves():
     assert st.clip_fraction.item() == pytest.approx(10 / 22)
     assert st.ratio_mean.item() == pytest.approx(math.exp(0.5), rel=1e-5)
     assert torch.isfinite(loss) and not any(torch.isnan(x).any() for x in st)
+
+
+def test_rank_of_target_pessimistic_ties():
+    s = torch.tensor([[0.5, 0.5, 0.1, 0.5], [0.5, 0.5, 0.1, 0.5], [0.2, 0.9, -math.inf, -math.inf]])
+    t = torch.tensor([0, 0, 0])
+    history = torch.tensor([[False] * 4, [False, True, False, False], [False, False, True, True]])
+    # row 0: cols 1 and 3 tie with the target: optimistic rank 1, pessimistic 1 + 2 = 3
+    # row 1: col 1 is history: pessimistic 1 + 1 (col 3) = 2
+    # row 2: col 1 is higher; the -inf history items neither tie nor count: 2 under both rules
+    assert rank_of_target(s, t, history).tolist() == [1, 1, 2]  # the evaluation's rule is unchanged
+    assert rank_of_target(s, t, history, ties="pessimistic").tolist() == [3, 2, 2]
+    # a target marked in the mask is still ranked (never excluded); the item it ties with counts
+    assert (
+        rank_of_target(s[:1], t[:1], torch.tensor([[True, False, False, False]]), ties="pessimistic").item()
+        == 3
+    )
+    # a target at -inf: an excluded item at -inf never ties with it; a non-excluded one counts against it
+    inf_t = torch.tensor([[-math.inf, 0.1, -math.inf, -math.inf]])
+    excl = torch.tensor([[False, False, True, False]])
+    assert rank_of_target(inf_t, t[:1], excl, ties="pessimistic").item() == 3  # cols 1 and 3, not 2
+    with pytest.raises(ValueError, match="ties"):
+        rank_of_target(s, t, ties="random")
+
+
+def test_fused_reward_collapsed_state_gets_the_worst_rank():
+    # a collapsed user state scores every item the same. N = 6, one history item masked at -inf: the 4
+    # other non-excluded items all tie with the target -> pessimistic rank 5, the worst possible among 5
+    # ranked items; R_d = 1/log2(6), R_c = 1/5 (uniform over the 5 unmasked items)
+    s = torch.full((2, 6), 0.3)
+    s[:, 5] = -math.inf
+    t = torch.tensor([0, 2])
+    got = fused_reward(s, t, beta=0.1)
+    worst = 0.9 / math.log2(6) + 0.1 / 5
+    torch.testing.assert_close(got, torch.tensor([worst, worst]))
+    # the ranking term equals that of a state putting the target strictly last: ties are not rewarded
+    last = torch.tensor([[0.1, 0.3, 0.3, 0.3, 0.3, -math.inf]])
+    assert fused_reward(s[:1], t[:1], beta=0.0).item() == fused_reward(last, t[:1], beta=0.0).item()
+    # and with ndcg_k below the worst rank, a collapsed state earns no ranking reward at all
+    assert fused_reward(s, t, beta=0.0, ndcg_k=4).tolist() == [0.0, 0.0]
+
+
+def test_fused_reward_exclude_mask_never_excludes_the_target():
+    # exclude_mask marks the target (it is also in the history) and col 1: the target keeps its score,
+    # col 1 (higher) leaves the rank and the softmax: rank 1, R_c = e^1 / (e^1 + e^0) over cols 0 and 2
+    s = torch.tensor([[1.0, 5.0, 0.0]])
+    mask = torch.tensor([[True, True, False]])
+    got = fused_reward(s, torch.tensor([0]), beta=0.5, exclude_mask=mask)
+    expected = 0.5 * 1.0 + 0.5 * math.e / (math.e + 1)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_in_batch_item_logps_duplicate_targets_are_not_negatives():
+    # B = 3 users, G = 2; users 0 and 2 share target "a": for their rows the other copy of "a" leaves the
+    # softmax (it is the positive, not a negative); user 1 ("b") keeps all three columns
+    g = torch.Generator().manual_seed(0)
+    users, items = torch.randn(6, 4, generator=g), torch.randn(3, 4, generator=g)
+    got = in_batch_item_logps(users, items, 2, 0.5, targets=["a", "b", "a"])
+    logits = (
+        torch.nn.functional.normalize(users, dim=-1) @ torch.nn.functional.normalize(items, dim=-1).T / 0.5
+    )
+    keep = {0: [0, 1], 1: [0, 1, 2], 2: [1, 2]}  # user -> its softmax's columns
+    expected = torch.stack([
+        torch.log_softmax(logits[r, keep[r // 2]], 0)[keep[r // 2].index(r // 2)] for r in range(6)
+    ])  # fmt: skip
+    torch.testing.assert_close(got, expected)
+    # distinct targets (or none given): every other column is a negative, as before
+    plain = torch.log_softmax(logits, 1)[torch.arange(6), torch.arange(3).repeat_interleave(2)]
+    torch.testing.assert_close(in_batch_item_logps(users, items, 2, 0.5, targets=["a", "b", "c"]), plain)
+    torch.testing.assert_close(in_batch_item_logps(users, items, 2, 0.5), plain)
+
+
+def test_forced_answer_token_leaves_the_policy_gradient():
+    from rrec.recpo import sampled_token_mask
+
+    # rows of 3, 2 and 4 tokens (T = 4), rows 0 and 2 forced: only their last token (<answer>) leaves
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]])
+    forced = torch.tensor([True, False, True])
+    expected = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]])
+    assert torch.equal(sampled_token_mask(mask, forced), expected)
+    assert torch.equal(sampled_token_mask(mask, forced, include_forced=True), mask)
+    # through the loss: the forced tokens get no gradient, every other real token does
+    logps = (-torch.rand(3, 4, generator=torch.Generator().manual_seed(1))).requires_grad_(True)
+    adv, zero = torch.tensor([1.0, -0.5, -0.5]), torch.zeros(3)
+    loss, _ = recpo_loss(
+        logps, logps.detach(), adv, sampled_token_mask(mask, forced), zero, zero, group_size=3
+    )
+    loss.backward()
+    assert torch.equal(logps.grad != 0, expected.bool())

@@ -16,6 +16,7 @@ from transformers.generation.logits_process import (
 from rrec.backbone import final_hidden
 from rrec.prompts import add_answer_token
 from rrec.rollout import generate_reasoning, left_pad, sample_next, sample_next_per_row, warp_logits
+from tests.tolerance import N_TINY, assert_f32_close
 
 
 @pytest.fixture()
@@ -74,11 +75,11 @@ def test_user_state_is_hidden_at_answer_of_exact_ids(lm_tok):
     hidden, _ = final_hidden(lm, full, fmask)
     pos = roll.prompt_ids.shape[1] + roll.completion_mask.sum(1) - 1  # index of <answer>
     tf_states = hidden[torch.arange(6), pos]
-    torch.testing.assert_close(roll.user_states, tf_states, atol=1e-5, rtol=1e-4)
+    assert_f32_close(roll.user_states, tf_states, n=N_TINY)
     # logps: log softmax(logits / T) of the taken tokens, recomputed teacher-forced
     logits = lm(input_ids=full, attention_mask=fmask).logits[:, roll.prompt_ids.shape[1] - 1 : -1] / 1.5
     lp = torch.log_softmax(logits.float(), -1).gather(2, roll.completion_ids[..., None]).squeeze(-1)
-    torch.testing.assert_close(roll.logps, lp * roll.completion_mask, atol=1e-4, rtol=1e-4)
+    assert_f32_close(roll.logps, lp * roll.completion_mask, n=N_TINY)
     # rows 0-2 share user 0's prompt
     assert torch.equal(roll.prompt_ids[0], roll.prompt_ids[2]) and not torch.equal(
         roll.prompt_ids[0], roll.prompt_ids[3]
@@ -224,7 +225,7 @@ def test_row_seeds_draw_each_row_independently_of_its_batch(lm_tok):
         assert torch.equal(
             both.completion_ids[row][m], alone.completion_ids[row][m[: alone.completion_ids.shape[1]]]
         )
-    torch.testing.assert_close(both.user_states[:2], alone.user_states, atol=1e-5, rtol=1e-4)
+    assert_f32_close(both.user_states[:2], alone.user_states, n=N_TINY)
     # the same seeds give the same rollout; a shared generator is left untouched
     g = torch.Generator().manual_seed(5)
     again = generate_reasoning(lm, ids, mask, row_seeds=[11, 12, 13, 14], generator=g, **kw)

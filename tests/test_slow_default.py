@@ -27,8 +27,7 @@ def test_converted_smollm2_answers_a_chat_prompt(default_model_dir):
 
 @pytest.mark.slow_ci
 def test_recommend_for_a_real_movielens_user(default_model_dir):
-    from recipes.prepare import ensure_default
-    from rrec.data import load_prepared
+    from rrec.data import ensure_default, load_prepared
     from rrec.model import ReasoningRecommender
 
     data = load_prepared(ensure_default())

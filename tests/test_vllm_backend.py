@@ -30,6 +30,7 @@ from rrec.vllm_backend import (
     save_for_vllm,
     sync_weights,
 )
+from tests.tolerance import N_TINY, assert_f32_close
 
 PAD, ANS, EOS = 0, 9, 2  # ids for the hand-written post-processing cases
 
@@ -162,10 +163,10 @@ def test_states_and_logps_come_from_the_sampled_ids(lm_tok, fake_vllm):
         hidden, _ = final_hidden(lm, full, fmask)
         logits = lm(input_ids=full, attention_mask=fmask).logits
     P = roll.prompt_ids.shape[1]
-    torch.testing.assert_close(roll.user_states, hidden[:, -1], atol=1e-5, rtol=1e-4)
+    assert_f32_close(roll.user_states, hidden[:, -1], n=N_TINY)
     lp = torch.log_softmax(logits[:, P - 1 : -1].float() / 1.5, -1)
     lp = lp.gather(2, roll.completion_ids[..., None]).squeeze(-1)
-    torch.testing.assert_close(roll.logps, lp, atol=1e-5, rtol=1e-4)
+    assert_f32_close(roll.logps, lp, n=N_TINY)
 
 
 def test_greedy_parity_with_generate_reasoning(lm_tok, fake_vllm):
@@ -194,8 +195,8 @@ def test_greedy_parity_with_generate_reasoning(lm_tok, fake_vllm):
     assert theirs.completion_mask.sum(1).tolist() == [n, n, 1, 1, k + 1, k + 1]
     for name in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "forced"):
         assert torch.equal(getattr(theirs, name), getattr(ours, name)), name
-    torch.testing.assert_close(theirs.user_states, ours.user_states, atol=1e-5, rtol=0)
-    torch.testing.assert_close(theirs.logps, ours.logps, atol=1e-5, rtol=0)
+    assert_f32_close(theirs.user_states, ours.user_states, n=N_TINY)
+    assert_f32_close(theirs.logps, ours.logps, n=N_TINY)
 
 
 def test_sampling_params_sent_to_vllm(lm_tok, fake_vllm):
@@ -303,5 +304,5 @@ def test_save_for_vllm_writes_a_plain_hf_folder(lora_lm, tmp_path):
     with torch.no_grad():
         want = peft(input_ids=ids, attention_mask=mask).logits
         got = plain(input_ids=ids, attention_mask=mask).logits
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert_f32_close(got, want, n=N_TINY)
     assert len(AutoTokenizer.from_pretrained(d)) == len(tok)  # <answer> included

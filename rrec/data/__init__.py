@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from rrec.data.amazon18 import load_amazon18_cds, load_amazon18_scientific
 from rrec.data.amazon2023 import load_amazon2023
+from rrec.data.default import ensure_default
 from rrec.data.prepared import (
     PreparedData,
     format_stats,
@@ -28,6 +29,7 @@ __all__ = [
     "PreparedData",
     "build_samples",
     "clean_html",
+    "ensure_default",
     "format_stats",
     "leave_one_out_split",
     "like_dislike_samples",

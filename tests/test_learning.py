@@ -31,6 +31,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from recipes import train_contrastive, train_recpo
 from rrec.data import prepare, save_prepared
@@ -93,27 +94,36 @@ def reward_margin(users_per_step: int, window: int = 10) -> float:
     return 3 * CHANCE_REWARD_SD * math.sqrt(2 / (window * users_per_step))
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a loaded 2-core machine, two OpenMP threads spin on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+RECPO = {
+    "steps": 60, "users_per_step": 16, "num_generations": 4, "max_completion_length": 2,
+    "eval_max_new_tokens": 2, "lr": 5e-4, "refresh_every": 5, "row_seeds": "true", "tensorboard": "false",
+}  # fmt: skip
+CONTRASTIVE = {"steps": 100, "users_per_step": 16, "lr": 3e-3}
+
+
 def test_recpo_learns_the_successor_rule(toy, tmp_path):
-    B = 16
-    extra = {
-        "steps": 60, "users_per_step": B, "num_generations": 4, "max_completion_length": 3,
-        "eval_max_new_tokens": 3, "lr": 5e-4, "refresh_every": 5, "row_seeds": "true", "tensorboard": "false",
-    }  # fmt: skip
-    result = train_recpo.main(common(toy, tmp_path / "recpo") + [f"{k}={v}" for k, v in extra.items()])
+    result = train_recpo.main(common(toy, tmp_path / "recpo") + [f"{k}={v}" for k, v in RECPO.items()])
     before, after = result["before"]["ndcg@10"], result["after"]["ndcg@10"]
     rewards = [h["train/reward_mean"] for h in result["history"]]
     first, last = float(np.mean(rewards[:10])), float(np.mean(rewards[-10:]))
     summary = f"NDCG@10 {before:.3f} -> {after:.3f}; reward (first/last 10 steps) {first:.3f} -> {last:.3f}"
     assert after >= before + CHANCE_NDCG10, summary
-    assert last >= first + reward_margin(B), summary
+    assert last >= first + reward_margin(RECPO["users_per_step"]), summary
     assert result["after"]["tied_frac"] == 0.0, summary  # not a collapse scoring every item alike
 
 
 def test_contrastive_learns_the_successor_rule(toy, tmp_path):
-    extra = {"steps": 100, "users_per_step": 16, "lr": 3e-3}
-    result = train_contrastive.main(
-        common(toy, tmp_path / "contrastive") + [f"{k}={v}" for k, v in extra.items()]
-    )
+    argv = common(toy, tmp_path / "contrastive") + [f"{k}={v}" for k, v in CONTRASTIVE.items()]
+    result = train_contrastive.main(argv)
     before, after = result["before"]["ndcg@10"], result["after"]["ndcg@10"]
     summary = f"NDCG@10 {before:.3f} -> {after:.3f}"
     assert after >= before + CHANCE_NDCG10, summary

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rrec.backbone import cpu_has_fast_bf16
+from rrec.evaluation import histories_of
 from rrec.items import encode_token_lists
 from rrec.metrics import rank_of_target
 
@@ -33,25 +34,6 @@ def autocast_context(device: torch.device | str, enabled: bool | None = None):
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(dev.type, dtype=torch.bfloat16)
-
-
-def sample_histories(samples: pd.DataFrame) -> list[list[dict]]:
-    """History records (``item_id``, and ``rating`` / ``timestamp`` when present) of each sample row."""
-    n = len(samples)
-    ratings = samples["history_ratings"] if "history_ratings" in samples else [None] * n
-    times = samples["history_timestamps"] if "history_timestamps" in samples else [None] * n
-    out = []
-    for hist, rs, ts in zip(samples["history"], ratings, times, strict=True):
-        recs = []
-        for j, iid in enumerate(hist):
-            r = {"item_id": str(iid)}
-            if rs is not None and len(rs) > j:
-                r["rating"] = float(rs[j])
-            if ts is not None and len(ts) > j:
-                r["timestamp"] = float(ts[j])
-            recs.append(r)
-        out.append(recs)
-    return out
 
 
 @torch.no_grad()
@@ -83,7 +65,7 @@ def rank_samples(
     missing = sorted({str(t) for t in samples["target"] if str(t) not in columns})
     if missing:
         raise KeyError(f"{len(missing)} targets are not in the item table, e.g. {missing[:5]}")
-    hist = sample_histories(samples)
+    hist = histories_of(samples)
     times = samples["timestamp"].astype(float).tolist() if "timestamp" in samples else [None] * len(hist)
     ids = [prompt_ids(h, t) for h, t in zip(hist, times, strict=True)]
     device = next(lm.parameters()).device

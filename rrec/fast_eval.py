@@ -48,12 +48,15 @@ def rank_samples(
     batch_size: int = 32,
     top_k: int = 20,
     progress: bool = True,
+    bf16: bool | None = None,
 ) -> dict:
     """Full-catalog ranks of every sample's target.
 
     Args:
         prompt_ids: (history records, target time or None) -> prompt token ids ending with ``<answer>``.
         table: (N, D) item table rows (normalised for cosine), in ``item_ids`` order.
+        bf16: autocast the forward in bf16; None: where native (``autocast_context``). False gives the
+            float32 states of ``rrec.evaluation`` (the rank-for-rank agreement holds at equal dtypes).
 
     Returns:
         dict with ``ranks`` (S,) int64, ``tied`` (S,) bool, ``top_ids`` (S lists of K ids), ``user_ids``,
@@ -69,7 +72,7 @@ def rank_samples(
     times = samples["timestamp"].astype(float).tolist() if "timestamp" in samples else [None] * len(hist)
     ids = [prompt_ids(h, t) for h, t in zip(hist, times, strict=True)]
     device = next(lm.parameters()).device
-    with autocast_context(device):
+    with autocast_context(device, bf16):
         states = encode_token_lists(lm, ids, pad_id=pad_id, batch_size=batch_size, progress=progress,
                                     desc="evaluate")  # fmt: skip  # (S, D)
     t = table.float().to(device)

@@ -28,7 +28,7 @@ def test_fast_eval_agrees_with_evaluator(tmp_path, tokenizer):
         return model.tokenizer(text, add_special_tokens=False).input_ids
 
     fast = rank_samples(model.lm, prompt, samples, model.item_table(), model.item_ids, pad_id=model.pad_id,
-                        batch_size=3, progress=False)  # fmt: skip
+                        batch_size=3, progress=False, bf16=False)  # fmt: skip
     assert len(samples) >= 10
     assert fast["ranks"].tolist() == slow.ranks.tolist()
     assert fast["top_ids"] == slow.top_ids

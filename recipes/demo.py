@@ -132,25 +132,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _popularity(data, eval_df) -> tuple[dict, list[dict]]:
     """Most-popular on the demo's samples: its summary and per-sample rows (user, target, rank, tied)."""
-    import torch
-
-    from rrec.baselines import popularity_counts
+    from rrec.baselines.popularity import popularity_sample_rows
     from rrec.evaluation import summarize
-    from rrec.metrics import rank_of_target, tied_with_target
 
     ids = data.items["item_id"].astype(str).tolist()
-    col = {i: j for j, i in enumerate(ids)}
-    counts = popularity_counts(data.splits["train"], ids).float()  # (N,)
-    scores = counts.expand(len(eval_df), -1).clone()
-    excl = torch.zeros_like(scores, dtype=torch.bool)
-    for b, h in enumerate(eval_df["history"]):
-        excl[b, [col[str(i)] for i in h if str(i) in col]] = True
-    target = torch.tensor([col[str(t)] for t in eval_df["target"]])
-    ranks, tied = rank_of_target(scores, target, excl), tied_with_target(scores, target, excl)
-    users, targets = eval_df["user_id"].astype(str).tolist(), eval_df["target"].astype(str).tolist()
-    rows = [{"user_id": u, "target": t, "rank": int(r), "tied": bool(x)}
-            for u, t, r, x in zip(users, targets, ranks.tolist(), tied.tolist(), strict=True)]  # fmt: skip
-    return summarize(ranks, users, tied=tied), rows
+    ranks, tied, rows = popularity_sample_rows(data.splits["train"], ids, eval_df)
+    return summarize(ranks, [r["user_id"] for r in rows], tied=tied), rows
 
 
 if __name__ == "__main__":

@@ -306,24 +306,16 @@ def _rows(res: dict) -> list[dict]:
 def _report(data, test_df, after: dict, before: dict | None, out: Path) -> dict:
     """Test metrics of the trained model, most-popular (and the untrained model) on the same samples, with
     paired bootstraps of the NDCG@10 differences; per-sample rows written beside."""
-    from rrec.baselines import popularity_counts
+    from rrec.baselines.popularity import popularity_sample_rows
     from rrec.evaluation import paired_ndcg, paired_verdict, summarize
-    from rrec.metrics import rank_of_target
 
     ids = data.items["item_id"].astype(str).tolist()
-    col = {i: j for j, i in enumerate(ids)}
-    scores = popularity_counts(data.splits["train"], ids).float().expand(len(test_df), -1).clone()
-    excl = torch.zeros_like(scores, dtype=torch.bool)
-    for b, h in enumerate(test_df["history"]):
-        excl[b, [col[str(i)] for i in h if str(i) in col]] = True
-    target = torch.tensor([col[str(t)] for t in test_df["target"]])
-    pop_ranks = rank_of_target(scores, target, excl)
-    pop_rows = [
-        {"user_id": str(u), "target": str(t), "rank": int(r)}
-        for u, t, r in zip(test_df["user_id"], test_df["target"], pop_ranks.tolist(), strict=True)
-    ]
+    pop_ranks, pop_tied, pop_rows = popularity_sample_rows(data.splits["train"], ids, test_df)
     rows = {"trained": _rows(after), "pop": pop_rows}
-    metrics = {"trained": after["metrics"], "pop": summarize(pop_ranks, [r["user_id"] for r in pop_rows])}
+    metrics = {
+        "trained": after["metrics"],
+        "pop": summarize(pop_ranks, [r["user_id"] for r in pop_rows], tied=pop_tied),
+    }
     if before is not None:
         rows["zero_shot"], metrics["zero_shot"] = _rows(before), before["metrics"]
     for name, rs in rows.items():

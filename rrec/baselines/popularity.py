@@ -76,3 +76,31 @@ class Popularity(nn.Module):
     def forward(self, history: Tensor) -> Tensor:
         """(B, L) item ids (ignored) -> (B, N) scores, the count vector repeated per row."""
         return self.counts[None, :].expand(history.shape[0], -1)
+
+
+def popularity_sample_rows(
+    train: pd.DataFrame, item_ids: Sequence[str], samples: pd.DataFrame
+) -> tuple[Tensor, Tensor, list[dict]]:
+    """Most-popular scored on ``samples`` as the evaluator scores a model: each sample's history masked
+    (never the target), ranks 1 + #strictly greater (``rrec.metrics``).
+
+    Returns:
+        ((B,) int64 ranks, (B,) bool "target tied with another item", per-sample rows with ``user_id``,
+        ``target``, ``rank`` and ``tied``: the ``per_user.jsonl`` format that ``paired_ndcg`` reads).
+    """
+    from rrec.metrics import rank_of_target, tied_with_target
+
+    ids = [str(i) for i in item_ids]
+    col = {i: j for j, i in enumerate(ids)}
+    scores = popularity_counts(train, ids).float().expand(len(samples), -1).clone()  # (B, N)
+    excl = torch.zeros_like(scores, dtype=torch.bool)
+    for b, h in enumerate(samples["history"]):
+        excl[b, [col[str(i)] for i in h if str(i) in col]] = True
+    target = torch.tensor([col[str(t)] for t in samples["target"]])  # (B,)
+    ranks, tied = rank_of_target(scores, target, excl), tied_with_target(scores, target, excl)
+    users, targets = samples["user_id"].astype(str).tolist(), samples["target"].astype(str).tolist()
+    rows = [
+        {"user_id": u, "target": t, "rank": int(r), "tied": bool(x)}
+        for u, t, r, x in zip(users, targets, ranks.tolist(), tied.tolist(), strict=True)
+    ]
+    return ranks, tied, rows

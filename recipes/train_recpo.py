@@ -160,6 +160,12 @@ def setup(cfg: RecPOConfig, device: torch.device | str | None = None):
     )
     if is_peft(model.lm) and not cfg.lora:
         raise ValueError(f"{path} holds a LoRA adapter: continue it with lora=true, or merge it first")
+    if model.id_vectors is not None:  # a hybrid table: RecPO keeps its ID vectors as they are (not trained)
+        model.id_vectors.weight.requires_grad_(False)
+    if model.config.item_encoder == "base":  # a frozen item side: its states are kept between runs
+        from rrec.assets import cache_dir
+
+        model.text_cache = cache_dir() / "tables"
     if is_peft(model.lm):
         model.lm = continue_adapter(model.lm)
     elif cfg.lora:

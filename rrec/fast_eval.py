@@ -99,3 +99,14 @@ def rank_samples(
         "user_ids": samples["user_id"].astype(str).tolist(),
         "targets": samples["target"].astype(str).tolist(),
     }
+
+
+def sample_rows(res: dict) -> list[dict]:
+    """Per-sample rows (``user_id``, ``target``, ``rank``, ``tied``) of a ``rank_samples`` result: the
+    ``per_user.jsonl`` format that ``rrec.evaluation.paired_ndcg`` reads."""
+    return [
+        {"user_id": u, "target": t, "rank": int(r), "tied": bool(x)}
+        for u, t, r, x in zip(
+            res["user_ids"], res["targets"], res["ranks"].tolist(), res["tied"].tolist(), strict=True
+        )
+    ]

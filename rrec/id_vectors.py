@@ -44,6 +44,8 @@ class ItemIDVectors(nn.Module):
     def rows(self, ids: Sequence[str]) -> Tensor:
         """(len(ids), D) vectors; an id without a vector (never trained, e.g. added later) gives zeros."""
         idx = [self.row.get(str(i), -1) for i in ids]
+        if not self.ids or not idx:
+            return self.weight.new_zeros(len(idx), self.dim)
         known = torch.tensor([j >= 0 for j in idx], device=self.weight.device)
         picked = self.weight[torch.tensor([max(j, 0) for j in idx], device=self.weight.device)]
         return picked * known[:, None].to(picked.dtype)
@@ -60,6 +62,12 @@ class ItemIDVectors(nn.Module):
             raise ValueError(f"ItemIDVectors.add: ids already present: {dup[:5]}")
         extra = torch.zeros(len(new), self.dim, dtype=self.weight.dtype, device=self.weight.device)
         self._reset(self.ids + new, torch.cat([self.weight.detach(), extra]))
+
+    def ensure(self, ids: Sequence[str]) -> None:
+        """Add zero vectors for those of ``ids`` that have none (present ids are kept as they are)."""
+        missing = [str(i) for i in ids if str(i) not in self.row]
+        if missing:
+            self.add(missing)
 
     @torch.no_grad()
     def remove(self, ids: Sequence[str]) -> None:

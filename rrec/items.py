@@ -19,9 +19,11 @@ title is kept with a warning (its prompt says "Untitled item").
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from collections import Counter
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -179,3 +181,29 @@ def _suffix_states(lm: nn.Module, suffixes: list, prefix_cache, n_prefix: int, p
     pos = n_prefix + (smask.cumsum(1) - 1).clamp(min=0)  # positions continue after the prefix
     hidden, _ = final_hidden(lm, ids, mask, position_ids=pos, cache=cache, use_cache=True)
     return hidden[:, -1].float()
+
+
+def cached_states(cache: Path | None, key: object, compute: Callable[[], Tensor]) -> Tensor:
+    """``compute()`` (an (N, D) float32 tensor), read from / written to ``cache`` under a hash of ``key``.
+
+    For item states that only a frozen model produces (``item_encoder="base"``): the key holds everything
+    they depend on (the base weights' checksum, the dtype, every prompt's token ids), so a hit is exact.
+    ``cache=None`` computes every time. The file is written atomically; a corrupt file is recomputed."""
+    if cache is None:
+        return compute()
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    path = Path(cache) / f"states-{digest}.pt"
+    if path.exists():
+        try:
+            return torch.load(path, weights_only=True)
+        except (RuntimeError, OSError, EOFError):
+            pass
+    out = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(out.detach().cpu(), tmp)
+    os.replace(tmp, path)
+    return out

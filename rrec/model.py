@@ -20,6 +20,7 @@ is left returns fewer items. Every case has a test, listed in ``docs/bad_inputs.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,9 +32,10 @@ from torch import Tensor, nn
 from item_index import ItemIndex
 from rrec import backbone
 from rrec.decoding import DecoderPool, check_engine, use_static
+from rrec.id_vectors import ItemIDVectors, hybrid_rows
 from rrec.inputs import check_finite, history_list, positive_int
 from rrec.item_records import prompt_records, retire, revive
-from rrec.items import catalog_records, check_update, encode_token_lists, tokenize_prompts
+from rrec.items import cached_states, catalog_records, check_update, encode_token_lists, tokenize_prompts
 from rrec.persistence import CONFIG_NAME  # noqa: F401  (re-exported)
 from rrec.prompts import (
     PromptStyle,
@@ -44,6 +46,7 @@ from rrec.prompts import (
     warn_truncated,
 )
 from rrec.rollout import generate_reasoning, left_pad
+from rrec.stream import StreamPrompter
 
 
 @dataclass
@@ -67,6 +70,10 @@ class RecConfig:
     max_history: int = 20
     style: dict = field(default_factory=lambda: asdict(PromptStyle()))
     has_adapter: bool = False
+    user_format: str = "chat"  # prompt without reasoning: "chat" (rrec.prompts) or "stream" (rrec.stream)
+    item_encoder: str = "self"  # item text states by "self" (the model) or "base" (adapter switched off)
+    id_vectors: bool = False  # hybrid item rows: text state + a learned per-item vector (rrec.id_vectors)
+    base_checksum: str = ""  # sha256 of the base model's weight files (checked when an adapter loads)
 
 
 class ReasoningRecommender(nn.Module):
@@ -81,6 +88,14 @@ class ReasoningRecommender(nn.Module):
         max_new_tokens: reasoning budget for ``recommend`` (``<answer>`` included).
         rollout_engine: the decoder that writes reasonings, ``"auto"`` (static KV cache + CUDA graphs on
             a GPU, the HF forward on CPU), ``"static"`` or ``"hf"`` (``rrec.decoding``). Not saved.
+        user_format: the prompt of ``reasoning=False``: ``"chat"`` (``rrec.prompts``, the same as with
+            reasoning) or ``"stream"`` (``rrec.stream``: the format all-position training uses). With
+            reasoning, the chat prompt is always used (the stream format has no assistant turn).
+        item_encoder: ``"self"`` (item states by this model, R²ec) or ``"base"`` (by the base model with
+            the PEFT adapter switched off: the table does not move when the adapter trains).
+        id_vectors: hybrid item rows ``normalise(normalise(text) + id)`` with learned, zero-initialised
+            per-item vectors (``self.id_vectors``; ``rrec.id_vectors``). An item without one (e.g. added
+            later) is scored by its text alone.
     """
 
     def __init__(
@@ -96,6 +111,9 @@ class ReasoningRecommender(nn.Module):
         max_history: int = 20,
         style: PromptStyle = PromptStyle(),
         rollout_engine: str = "auto",
+        user_format: str = "chat",
+        item_encoder: str = "self",
+        id_vectors: bool = False,
     ) -> None:
         super().__init__()
         self.rollout_engine = check_engine(rollout_engine)
@@ -106,6 +124,10 @@ class ReasoningRecommender(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         positive_int("max_new_tokens", max_new_tokens)
         positive_int("max_history", max_history)
+        if user_format not in ("chat", "stream"):
+            raise ValueError(f"user_format must be 'chat' or 'stream', got {user_format!r}")
+        if item_encoder not in ("self", "base"):
+            raise ValueError(f"item_encoder must be 'self' or 'base', got {item_encoder!r}")
         self.lm = lm
         self.tokenizer = tokenizer
         self.answer_id = add_answer_token(tokenizer, lm)
@@ -117,6 +139,9 @@ class ReasoningRecommender(nn.Module):
             max_new_tokens=max_new_tokens,
             max_history=max_history,
             style=asdict(style),
+            user_format=user_format,
+            item_encoder=item_encoder,
+            id_vectors=bool(id_vectors),
         )
         self.style = style
         self.catalog: dict[str, dict] = {}
@@ -125,6 +150,9 @@ class ReasoningRecommender(nn.Module):
             self.set_catalog(catalog)
         self._table: Tensor | None = None  # cached (N, D) torch copy of rec_head for exact scoring
         self.rec_head = None
+        self.id_vectors = ItemIDVectors(list(self.catalog), self.hidden_size) if id_vectors else None
+        # item_encoder="base": a folder where the base model's item states are kept (rrec.items.cached_states)
+        self.text_cache: Path | None = None
 
     # ------------------------------------------------------------------ heads and states
     @property
@@ -210,13 +238,31 @@ class ReasoningRecommender(nn.Module):
         if isinstance(items, pd.DataFrame):
             items = items.to_dict("records")
         ids = self.item_prompt_ids(list(items))
-        return encode_token_lists(self.lm, ids, pad_id=self.pad_id, batch_size=batch_size, progress=progress)
+        base = self.config.item_encoder == "base" and backbone.is_peft(self.lm)
+
+        def compute() -> Tensor:
+            with self.lm.disable_adapter() if base else contextlib.nullcontext():
+                return encode_token_lists(
+                    self.lm, ids, pad_id=self.pad_id, batch_size=batch_size, progress=progress
+                )
+
+        if not (base and self.text_cache):
+            return compute()
+        dtype = str(next(self.lm.parameters()).dtype)
+        key = [self.config.base_checksum or self.config.base_model, dtype, self.answer_id, ids]
+        return cached_states(self.text_cache, key, compute).to(self.device)
 
     def _item_vectors(self, records: Mapping[str, Mapping], batch_size: int, progress: bool) -> Tensor:
         """(N, D) table rows for ``records`` (by id); NaN or inf states are refused, naming the items."""
-        vecs = self._normalise(self.encode_items(list(records.values()), batch_size, progress))
-        check_finite(vecs, "item states", labels=list(records))
-        return vecs
+        text = self.encode_items(list(records.values()), batch_size, progress)
+        check_finite(text, "item states", labels=list(records))
+        return self.table_rows(list(records), text).detach()
+
+    def table_rows(self, ids: Sequence[str], text: Tensor) -> Tensor:
+        """(N, D) float32 table rows from (N, D) item text states: normalised for cosine, plus the items'
+        ID vectors when the model has them (``rrec.id_vectors.hybrid_rows``)."""
+        idv = None if self.id_vectors is None else self.id_vectors.rows(ids).to(text.device)
+        return hybrid_rows(text, idv, self.config.similarity == "cosine")
 
     def build_item_table(
         self, catalog: pd.DataFrame | None = None, batch_size: int = 64, backend: str = "flat", **params
@@ -228,6 +274,8 @@ class ReasoningRecommender(nn.Module):
             raise ValueError(
                 "the catalog is empty or was never given: pass a DataFrame with item_id and title"
             )
+        if self.id_vectors is not None:
+            self.id_vectors.ensure(list(self.catalog))
         vecs = self._item_vectors(self.catalog, batch_size, progress=True)
         index = ItemIndex(vecs.shape[1], metric="ip", backend=backend, **params)
         index.add(list(self.catalog), vecs.cpu().numpy())
@@ -258,10 +306,14 @@ class ReasoningRecommender(nn.Module):
         if gone:
             self.rec_head.remove(gone)
             retire(self.catalog, self.removed_items, gone)
+            if self.id_vectors is not None:
+                self.id_vectors.remove(gone)
         for op, recs, vecs in encoded:
             op(list(recs), vecs.cpu().numpy())
             self.catalog.update(recs)
             revive(self.removed_items, recs)
+        if self.id_vectors is not None and new:
+            self.id_vectors.add(list(new))  # zero: a new item is scored by its text alone
         self._table = None
 
     def item_table(self) -> Tensor:
@@ -335,11 +387,21 @@ class ReasoningRecommender(nn.Module):
             raise ValueError(f"{len(times)} target_times for {len(histories)} histories")
         budget = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
         positive_int("max_new_tokens", budget)
-        pairs = [self._prompt(h, t, reasoning) for h, t in zip(histories, times, strict=True)]
+        if not reasoning and self.config.user_format == "stream":
+            if not self.catalog:
+                raise ValueError("no catalog: pass a DataFrame with item_id and title (set_catalog)")
+            records = prompt_records(self.catalog, self.removed_items)
+            prompter = StreamPrompter(self.tokenizer, self.answer_id, records, self.style)
+            pairs = [prompter.user_prompt_ids(h, self.config.max_history) for h in histories]
+        else:
+            pairs = [self._prompt(h, t, reasoning) for h, t in zip(histories, times, strict=True)]
         n_cut = sum(dropped > 0 for _, dropped in pairs)
         if n_cut:
             warn_truncated(n_cut, len(pairs), self.config.max_history, stacklevel=4)  # past no_grad
-        ids = self.tokenizer([text for text, _ in pairs], add_special_tokens=False).input_ids
+        if not reasoning and self.config.user_format == "stream":
+            ids = [p for p, _ in pairs]
+        else:
+            ids = self.tokenizer([text for text, _ in pairs], add_special_tokens=False).input_ids
         prompt_ids, prompt_mask = left_pad(ids, self.pad_id, device=self.device)
         if not reasoning:
             return self.user_states(prompt_ids, prompt_mask), [""] * len(ids), [False] * len(ids)

@@ -5,14 +5,18 @@ Layout of a saved folder::
     rrec_config.json   similarity, temperature (score), budgets, prompt style, base model reference
     model/             full weights (HF format), or
     adapter/           the LoRA adapter only (the base model is read from ``base_model``)
-    tokenizer/         with the single-token <answer>
+    tokenizer/         with the single-token <answer> (optional with an adapter: the base's, plus <answer>)
     items.parquet      the catalog (item text for prompts)
     removed_items.parquet  items removed by ``update_items``: their text, for histories that hold them
     item_index/        the item table, with the weights' fingerprint
+    id_vectors/        the learned per-item vectors of a hybrid table (``id_vectors=True``), with their ids
 
 The folder is written to a temporary sibling and renamed into place, so an interrupted save never
 leaves a half-written model where a good one was. ``base_model`` is stored as an absolute path when it
-names a local folder, so the saved model loads from any working directory.
+names a local folder, so the saved model loads from any working directory; the embedded SmolLM2 base
+(``rrec.assets.model_dir()``) is stored as ``EMBEDDED_BASE``, so the folder loads on any machine that has
+fetched it. With an adapter, ``base_checksum`` (sha256 of the base's weight files) is stored and checked on
+load: an adapter on other base weights is refused with a ``ValueError`` naming both checksums.
 
 Under LoRA the ``<answer>`` rows are first set on the base model as at training (``add_answer_token``:
 the mean of the pieces' rows); when the adapter trained them (``apply_lora(trainable_tokens=...)``,
@@ -44,6 +48,47 @@ from rrec.prompts import PromptStyle, add_answer_token
 
 CONFIG_NAME = "rrec_config.json"
 REMOVED_NAME = "removed_items.parquet"
+ID_VECTORS_DIR = "id_vectors"
+EMBEDDED_BASE = "embedded:SmolLM2-135M-Instruct.Q4_1"
+
+
+def base_checksum(folder: str | Path) -> str:
+    """sha256 over the ``*.safetensors`` / ``*.bin`` weight files of a HF folder (names and bytes, sorted);
+    "" when the folder is not local (a hub id) or holds no weight file."""
+    import hashlib
+
+    d = Path(folder)
+    files = sorted([*d.glob("*.safetensors"), *d.glob("*.bin")]) if d.is_dir() else []
+    if not files:
+        return ""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_base(base_model: str) -> str:
+    """The folder of ``base_model`` (``EMBEDDED_BASE`` -> the fetched embedded SmolLM2, fetched if absent)."""
+    if base_model != EMBEDDED_BASE:
+        return base_model
+    from rrec.assets import fetch_model, model_dir
+
+    return str(model_dir() if model_dir().exists() else fetch_model())
+
+
+def portable_base(base_model: str) -> str:
+    """``EMBEDDED_BASE`` for the embedded model's folder, else ``absolute_base``."""
+    from rrec.assets import model_dir
+
+    path = absolute_base(base_model)
+    if path == EMBEDDED_BASE or (
+        path and Path(path).exists() and Path(path).resolve() == model_dir().resolve()
+    ):
+        return EMBEDDED_BASE
+    return path
 
 
 def resolve_device_dtype(
@@ -72,8 +117,11 @@ def save_model(model, directory: str | Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=d.parent, prefix=f".{d.name}-"))
     try:
         model.config.has_adapter = backbone.is_peft(model.lm)
-        model.config.base_model = absolute_base(model.config.base_model)
+        model.config.base_model = portable_base(model.config.base_model)
         if model.config.has_adapter:
+            model.config.base_checksum = model.config.base_checksum or base_checksum(
+                resolve_base(model.config.base_model)
+            )
             model.lm.save_pretrained(tmp / "adapter", save_embedding_layers=False)
         else:
             model.lm.save_pretrained(tmp / "model")
@@ -84,6 +132,8 @@ def save_model(model, directory: str | Path) -> Path:
             pd.DataFrame(list(model.removed_items.values())).to_parquet(tmp / REMOVED_NAME)
         if model.rec_head is not None:
             model.rec_head.save(tmp / "item_index", fingerprint=backbone.weights_fingerprint(model.lm))
+        if model.id_vectors is not None:
+            model.id_vectors.save(tmp / ID_VECTORS_DIR)
         (tmp / CONFIG_NAME).write_text(json.dumps(asdict(model.config), indent=2))
         os.chmod(tmp, 0o755)
         old = None
@@ -113,8 +163,9 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rrec.model import RecConfig
+    from rrec.pretrained import resolve
 
-    path = Path(path)
+    path = resolve(path)  # "rrec:<name>": a model shipped with the package
     device, dtype = resolve_device_dtype(device, dtype)
     if not (path / CONFIG_NAME).exists():
         if not (path / "config.json").exists():
@@ -123,12 +174,25 @@ def load_model(
         tok = AutoTokenizer.from_pretrained(path)
         return cls(lm.to(device), tok, catalog, base_model=absolute_base(str(path)), **overrides).eval()
     cfg = RecConfig(**json.loads((path / CONFIG_NAME).read_text()))
-    tok = AutoTokenizer.from_pretrained(path / "tokenizer")
+    tokenizer_dir = path / "tokenizer"
+    if cfg.has_adapter and not tokenizer_dir.exists():  # a compact folder: the base's, <answer> added below
+        tokenizer_dir = Path(resolve_base(cfg.base_model))
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     if cfg.has_adapter:
         from peft import PeftModel
 
-        lm = AutoModelForCausalLM.from_pretrained(cfg.base_model, dtype=dtype)
-        add_answer_token(AutoTokenizer.from_pretrained(cfg.base_model), lm)  # same rows as at training
+        base = resolve_base(cfg.base_model)
+        if cfg.base_checksum:
+            found = base_checksum(base)
+            if found != cfg.base_checksum:
+                raise ValueError(
+                    f"{path}: its adapter was trained on base weights with sha256 "
+                    f"{cfg.base_checksum[:16]}..., "
+                    f"but {base} has {found[:16] or 'no local weight file'}...: another version of the base "
+                    "model. Fetch the base it names (rrec fetch) or retrain the adapter."
+                )
+        lm = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+        add_answer_token(AutoTokenizer.from_pretrained(base), lm)  # same rows as at training
         lm = PeftModel.from_pretrained(lm, path / "adapter")  # trained <answer> rows, if any, replace them
     else:
         lm = AutoModelForCausalLM.from_pretrained(path / "model", dtype=dtype)
@@ -141,9 +205,17 @@ def load_model(
         max_new_tokens=cfg.max_new_tokens,
         max_history=cfg.max_history,
         style=PromptStyle(**style),
+        user_format=cfg.user_format,
+        item_encoder=cfg.item_encoder,
+        id_vectors=cfg.id_vectors,
     )
     kw.update(overrides)
     model = cls(lm.to(device), tok, catalog, base_model=cfg.base_model, **kw)
+    model.config.base_checksum = cfg.base_checksum
+    if model.id_vectors is not None and (path / ID_VECTORS_DIR).exists():
+        from rrec.id_vectors import ItemIDVectors
+
+        model.id_vectors = ItemIDVectors.load(path / ID_VECTORS_DIR).to(device)
     if (path / REMOVED_NAME).exists():
         model.removed_items = catalog_records(pd.read_parquet(path / REMOVED_NAME))
     if (path / "item_index").exists() and is_checkpoint(path):

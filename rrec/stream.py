@@ -81,6 +81,15 @@ class StreamPrompter:
         recs = history_records(history)
         return self.ids(recs[max(len(recs) - max_history, 0) :])[0]
 
+    def user_prompt_ids(self, history: Sequence, max_history: int) -> tuple[list[int], int]:
+        """(ids, number of items cut) of the inference prompt; an empty history is a cold start: the head
+        followed directly by ``<answer>``."""
+        recs = history_records(history)
+        if not recs:
+            return [*self.head_ids, self.answer_id], 0
+        cut = max(len(recs) - max_history, 0)
+        return self.ids(recs[cut:])[0], cut
+
 
 class Chunk(NamedTuple):
     """One training sequence: a window of a user's items, with its targets."""

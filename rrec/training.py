@@ -9,6 +9,7 @@ W processes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import warnings
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 
 from item_index import ItemIndex
 from rrec import checkpoint, distributed
-from rrec.backbone import final_hidden
+from rrec.backbone import final_hidden, is_peft
 from rrec.evaluation import histories_of
 from rrec.items import encode_token_lists
 from rrec.prompts import HistoryTruncatedWarning
@@ -88,12 +89,17 @@ def history_mask(model, histories: Sequence[Sequence], n_items: int, *, targets:
 
 
 def encode_targets(model, targets: Sequence, grad: bool) -> Tensor:
-    """(B, D) float32 item states of the batch's targets (with the graph when ``grad``)."""
+    """(B, D) float32 table rows of the batch's targets (with the graph when ``grad``): the item states,
+    normalised for cosine and, for a hybrid table, plus the targets' ID vectors (``model.table_rows``).
+    With ``item_encoder="base"`` the states come from the base model (adapter off), without a graph."""
     recs = [model.catalog[str(t)] for t in targets]
     ids = model.item_prompt_ids(recs)
-    return encode_token_lists(
-        model.lm, ids, pad_id=model.pad_id, batch_size=len(ids), progress=False, grad=grad
-    )
+    base = model.config.item_encoder == "base" and is_peft(model.lm)
+    with model.lm.disable_adapter() if base else contextlib.nullcontext():
+        states = encode_token_lists(
+            model.lm, ids, pad_id=model.pad_id, batch_size=len(ids), progress=False, grad=grad and not base
+        )
+    return model.table_rows([str(t) for t in targets], states)
 
 
 def refresh_targets(model, targets: Sequence, states: Tensor) -> None:
@@ -229,7 +235,7 @@ def build_item_table(model, batch_size: int = 64) -> None:
         local = model.encode_items([model.catalog[i] for i in ids[lo:hi]], batch_size, progress=rank == 0)
     else:  # more processes than items
         local = torch.zeros(0, model.lm_head.weight.shape[1], device=model.device)
-    vecs = model._normalise(distributed.gather_rows(local))  # (N, D)
+    vecs = model.table_rows(ids, distributed.gather_rows(local)).detach()  # (N, D)
     index = ItemIndex(vecs.shape[1], metric="ip")
     index.add(ids, vecs.cpu().numpy())
     model.rec_head = index

@@ -1,4 +1,5 @@
-"""The demo's whole flow (table, paired verdicts, examples, plots) on the tiny model and a tiny dataset."""
+"""The demo's whole flow (trained vs zero-shot vs most-popular with paired verdicts, examples, a RecPO
+continuation, plots) on a tiny model trained here by the all-position recipe, and a tiny dataset."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 
 import torch
 
-from recipes import demo
+from recipes import demo, train_allpos
+from rrec.data import load_prepared
+from rrec.evaluation import select_samples
 from rrec.metrics import paired_bootstrap, per_sample_ndcg
 from tests.recipe_fixtures import tiny_model_dir, tiny_prepared
 
@@ -23,35 +26,52 @@ def expected_line(a: list[dict], b: list[dict], above: str, below: str) -> tuple
     return f"NDCG@10 {d.mean:+.4f}, paired 95% CI [{d.low:+.4f}, {d.high:+.4f}]: {word}", d._asdict()
 
 
-def test_demo_flow(tmp_path, tokenizer, capsys):
-    args = {
-        "model": str(tiny_model_dir(tmp_path / "base", tokenizer)),
-        "prepared": str(tiny_prepared(tmp_path / "data")),
-        "out_dir": str(tmp_path / "run"),
-        "max_history": 5, "steps": 2, "users_per_step": 2, "num_generations": 2,
-        "max_completion_length": 4, "eval_users": 3, "eval_max_new_tokens": 4, "dtype": "float32",
-    }  # fmt: skip
-    summary = demo.main([str(demo.DEFAULT_CONFIG), *[f"{k}={v}" for k, v in args.items()]])
+def test_demo_flow(tmp_path, tokenizer, capsys, monkeypatch):
+    monkeypatch.setenv("RREC_CACHE", str(tmp_path / "cache"))
+    prepared = str(tiny_prepared(tmp_path / "data"))
+    train_allpos.main([
+        f"model={tiny_model_dir(tmp_path / 'base', tokenizer)}", f"prepared={prepared}",
+        f"out_dir={tmp_path / 'trained'}", "max_history=3", "steps=2", "chunks_per_step=4",
+        "eval_every_minutes=0", "test_before=false", "test_users=2", "test_samples_per_user=1",
+    ])  # fmt: skip
+    recpo = {"steps": 1, "users_per_step": 2, "num_generations": 2, "max_completion_length": 4,
+             "eval_users": 3, "eval_max_new_tokens": 4, "dtype": "float32"}  # fmt: skip
+    args = [f"model={tmp_path / 'trained' / 'model'}", f"prepared={prepared}", f"out_dir={tmp_path / 'run'}",
+            "samples_per_user=2", "examples=3", "example_tokens=4",
+            *[f"recpo.{k}={v}" for k, v in recpo.items()]]  # fmt: skip
+    summary = demo.main([str(demo.DEFAULT_CONFIG), *args])
     out = capsys.readouterr().out
-    assert "most-popular" in out and "RecPO (after)" in out and "ndcg@10 95% CI" in out
-    assert "tied_frac" in out
+    assert "most-popular" in out and "zero-shot" in out and "ndcg@10 95% CI" in out and "tied_frac" in out
     run = tmp_path / "run"
     rows = {
         name: [json.loads(line) for line in (run / f"per_user_{name}.jsonl").read_text().splitlines()]
-        for name in ("before", "after", "pop")
+        for name in ("trained", "zero_shot", "most_popular")
     }
+    n = len(rows["trained"])
+    picked = select_samples(load_prepared(prepared).splits["test"], None, 2, 0)  # every user's 2 earliest
+    assert [(r["user_id"], r["target"]) for r in rows["trained"]] == list(
+        zip(picked["user_id"].astype(str), picked["target"].astype(str), strict=True)
+    )
     lines = out.splitlines()
-    vs_zero = next(line for line in lines if line.startswith("RecPO vs zero-shot"))
-    vs_pop = next(line for line in lines if line.startswith("RecPO vs most-popular"))
-    line, zero_diff = expected_line(rows["after"], rows["before"], "improved", "got worse")
-    assert vs_zero == "RecPO vs zero-shot after 2 steps: " + line
-    line, pop_diff = expected_line(rows["after"], rows["pop"], "above most-popular", "below most-popular")
-    assert vs_pop == "RecPO vs most-popular: " + line
-    assert out.count("actual next:") == 3
-    for p in summary["plots"]:
-        assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    line, pop_diff = expected_line(
+        rows["trained"], rows["most_popular"], "above most-popular", "below most-popular"
+    )
+    assert "trained vs most-popular: " + line in lines
+    line, zero_diff = expected_line(rows["trained"], rows["zero_shot"], "improved", "got worse")
+    assert "trained vs zero-shot: " + line in lines
+    assert out.count("actual next:") == 3 and out.count("reasoning: ") == 3
     saved = json.loads((run / "demo.json").read_text())
-    assert saved["pop"]["n_samples"] == saved["before"]["n_samples"] == saved["after"]["n_samples"] == 3
-    for name in ("pop", "before", "after"):  # the tied fraction reported is that of the saved rows
-        assert saved[name]["tied_frac"] == sum(r["tied"] for r in rows[name]) / 3
-    assert saved["paired_ndcg@10"] == {"recpo_vs_zero_shot": zero_diff, "recpo_vs_pop": pop_diff}
+    assert saved["paired_ndcg@10"] == {"trained_vs_pop": pop_diff, "trained_vs_zero_shot": zero_diff}
+    for name, key in (("trained", "trained"), ("zero_shot", "zero-shot"), ("most_popular", "most-popular")):
+        assert saved["test"][key]["n_samples"] == n
+        assert saved["test"][key]["tied_frac"] == sum(r["tied"] for r in rows[name]) / n
+    # the RecPO continuation: before/after on its users, its verdict recomputed from its saved rows
+    rec = [
+        [json.loads(x) for x in (run / "recpo" / f"per_user_{w}.jsonl").read_text().splitlines()]
+        for w in ("after", "before")
+    ]
+    line, diff = expected_line(*rec, "improved", "got worse")
+    assert "RecPO after 1 steps vs before: " + line in lines
+    assert saved["recpo"]["paired_ndcg@10"] == diff and saved["recpo"]["steps"] == 1
+    for p in summary["recpo"]["plots"]:
+        assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,114 @@
+"""Package a trained all-position run as a compact model folder (the default that ships with rrec).
+
+    python -m recipes.package_default runs/allpos [rrec/pretrained/ml100k-allpos]
+
+Reads ``<run>/model`` (written by ``recipes/train_allpos.py``), ``<run>/result.json`` and
+``<run>/config.json``, and writes: ``rrec_config.json``; ``adapter/`` with its weights in bfloat16 (LoRA
+and the trained ``<answer>`` rows); ``id_vectors/`` in bfloat16; ``items.parquet``; ``model_card.json``
+(the command, the machine, the base checksum, the data fingerprint and the run's measured metrics). Left
+out, to stay under 10 MB: the tokenizer (the base's, ``<answer>`` added on load) and the item table
+(``build_item_table()`` rebuilds it from the base model and the ID vectors). The packaged folder is loaded
+back and its table compared with the run's before anything is replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+MAX_BYTES = 10 * 1024 * 1024
+
+
+def data_fingerprint(prepared) -> str:
+    """sha256 (16 hex) of every split's (user, position, target) and the catalog's ids and titles."""
+    h = hashlib.sha256()
+    for name in sorted(prepared.splits):
+        df = prepared.splits[name]
+        rows = zip(
+            df["user_id"].astype(str), df["position"].astype(int), df["target"].astype(str), strict=True
+        )
+        h.update(json.dumps([name, sorted(rows)]).encode())
+    h.update(json.dumps(sorted(zip(prepared.items["item_id"].astype(str), prepared.items["title"].astype(str),
+                                   strict=True))).encode())  # fmt: skip
+    return h.hexdigest()[:16]
+
+
+def _to_bf16(path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(str(path)).items()}
+    save_file(tensors, str(path))
+
+
+def package(run: Path, dest: Path) -> dict:
+    from rrec.data import ensure_default, load_prepared
+    from rrec.model import ReasoningRecommender
+
+    run, dest = Path(run), Path(dest)
+    result = json.loads((run / "result.json").read_text())
+    cfg = result["config"]
+    prepared = load_prepared(cfg["prepared"] or ensure_default())
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-"))
+    try:
+        src = run / "model"
+        shutil.copy(src / "rrec_config.json", tmp / "rrec_config.json")
+        shutil.copytree(src / "adapter", tmp / "adapter")
+        shutil.copytree(src / "id_vectors", tmp / "id_vectors")
+        shutil.copy(src / "items.parquet", tmp / "items.parquet")
+        for f in [*(tmp / "adapter").glob("*.safetensors"), *(tmp / "id_vectors").glob("*.safetensors")]:
+            _to_bf16(f)
+        saved = json.loads((tmp / "rrec_config.json").read_text())
+        card = {
+            "name": dest.name,
+            "trained_by": result.get("command", "python -m recipes.train_allpos (command not recorded)"),
+            "packaged_by": f"python -m recipes.package_default {run} {dest}",
+            "base_model": saved["base_model"] + " (SmolLM2-135M-Instruct, Q4_1, dequantized)",
+            "base_checksum": saved["base_checksum"],
+            "data": prepared.name if hasattr(prepared, "name") else "ml-100k",
+            "data_fingerprint": data_fingerprint(prepared),
+            "machine": result.get("machine", {}),
+            "train": {k: result[k] for k in ("steps", "train_s", "targets", "targets_per_train_s")},
+            "config": cfg,
+            "test": result["test"],
+            "paired_ndcg@10": result["paired_ndcg@10"],
+            "weights_dtype": "bfloat16 (loaded into float32)",
+        }
+        (tmp / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+        size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
+        if size > MAX_BYTES:
+            raise ValueError(f"packaged model is {size / 2**20:.1f} MiB, over the 10 MiB budget")
+        ref = ReasoningRecommender.from_pretrained(src, device="cpu")
+        packed = ReasoningRecommender.from_pretrained(tmp, device="cpu")
+        packed.build_item_table()
+        cos = torch.nn.functional.cosine_similarity(packed.item_table(), ref.item_table(), dim=-1)
+        if cos.min() < 0.999:  # bf16 weights: rows agree to ~1e-3, anything else is a packaging error
+            raise ValueError(f"packaged table differs from the run's: min row cosine {cos.min():.4f}")
+        card["size_bytes"] = size
+        (tmp / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(f"packaged {run} -> {dest} ({size / 2**20:.2f} MiB; min row cosine vs the run {cos.min():.5f})")
+    return card
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        raise SystemExit("usage: python -m recipes.package_default <run_dir> [dest]")
+    from rrec.pretrained import DEFAULT, HERE
+
+    return package(Path(argv[0]), Path(argv[1]) if len(argv) > 1 else HERE / DEFAULT)
+
+
+if __name__ == "__main__":
+    main()

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     from rrec import assets
     from rrec.baselines.popularity import popularity_sample_rows
     from rrec.data import ensure_default, load_prepared
-    from rrec.evaluation import paired_ndcg, paired_verdict, select_samples, summarize
+    from rrec.evaluation import paired_ndcg, paired_verdict, sample_set_hash, select_samples, summarize
     from rrec.fast_eval import rank_samples, sample_rows
     from rrec.id_vectors import hybrid_rows
     from rrec.model import ReasoningRecommender
@@ -125,8 +125,9 @@ def main(argv: list[str] | None = None) -> dict:
     tables = {"trained": model.item_table(), "zero-shot": hybrid_rows(text, None, cosine)}
 
     samples = select_samples(data.splits["test"], cfg.test_users, cfg.samples_per_user, cfg.seed)
-    print(f"== 4/6 {len(samples)} test samples from {samples.user_id.nunique()} users "
-          f"(each user's earliest {cfg.samples_per_user}); no reasoning", flush=True)  # fmt: skip
+    sample_set = sample_set_hash(samples)
+    print(f"== 4/6 {len(samples)} test samples from {samples.user_id.nunique()} users (each user's earliest "
+          f"{cfg.samples_per_user}; sample set {sample_set}); no reasoning", flush=True)  # fmt: skip
     prompter = StreamPrompter(model.tokenizer, model.answer_id, model.catalog, model.style)
     res = {}
     for name, table in tables.items():
@@ -170,7 +171,8 @@ def main(argv: list[str] | None = None) -> dict:
                          "top5_after_reasoning": r.item_ids, "target": str(row.target)})  # fmt: skip
 
     paired = {"trained_vs_pop": vs_pop._asdict(), "trained_vs_zero_shot": vs_zero._asdict()}
-    summary = {"config": to_dict(cfg), "model_card": card, "samples": len(samples), "test": metrics,
+    summary = {"config": to_dict(cfg), "model_card": card, "samples": len(samples),
+               "sample_set": sample_set, "test": metrics,
                "paired_ndcg@10": paired, "examples": examples}  # fmt: skip
     if cfg.recpo:
         summary["recpo"] = _recpo(cfg, prepared, out, recpo_args)

@@ -47,6 +47,7 @@ def _to_bf16(path: Path) -> None:
 
 
 def package(run: Path, dest: Path) -> dict:
+    from rrec.assets import cache_dir
     from rrec.data import ensure_default, load_prepared
     from rrec.model import ReasoningRecommender
 
@@ -58,7 +59,7 @@ def package(run: Path, dest: Path) -> dict:
     try:
         src = run / "model"
         shutil.copy(src / "rrec_config.json", tmp / "rrec_config.json")
-        shutil.copytree(src / "adapter", tmp / "adapter")
+        shutil.copytree(src / "adapter", tmp / "adapter", ignore=shutil.ignore_patterns("README.md"))
         shutil.copytree(src / "id_vectors", tmp / "id_vectors")
         shutil.copy(src / "items.parquet", tmp / "items.parquet")
         for f in [*(tmp / "adapter").glob("*.safetensors"), *(tmp / "id_vectors").glob("*.safetensors")]:
@@ -85,6 +86,7 @@ def package(run: Path, dest: Path) -> dict:
             raise ValueError(f"packaged model is {size / 2**20:.1f} MiB, over the 10 MiB budget")
         ref = ReasoningRecommender.from_pretrained(src, device="cpu")
         packed = ReasoningRecommender.from_pretrained(tmp, device="cpu")
+        packed.text_cache = cache_dir() / "tables"  # the base model's item states, kept for the next load
         packed.build_item_table()
         cos = torch.nn.functional.cosine_similarity(packed.item_table(), ref.item_table(), dim=-1)
         if cos.min() < 0.999:  # bf16 weights: rows agree to ~1e-3, anything else is a packaging error

@@ -315,10 +315,11 @@ def main(argv: list[str] | None = None) -> dict:
         "targets": n_targets,
         "targets_per_train_s": n_targets / max(train_s, 1e-9),
         "valid_curve": curve,
+        "valid_pop_ndcg@10": _pop_ndcg(data, valid_df),
         **report,
     }
     atomic_files.atomic_write_json(out / "result.json", result)
-    _plot_curve(curve, out)
+    _plot_curve(curve, out, result["valid_pop_ndcg@10"])
     return {**result, "log": log, "model": model, "prompter": prompter, "table": final_table, "data": data}
 
 
@@ -361,10 +362,24 @@ def _report(data, test_df, after: dict, before: dict | None, out: Path) -> dict:
             "trained vs untrained: "
             + paired_verdict(PairedDifference(**paired["trained_vs_zero_shot"]), "improved", "got worse")
         )
-    return {"test": metrics, "paired_ndcg@10": paired}
+    from rrec.evaluation import sample_set_hash
+
+    return {"test": metrics, "paired_ndcg@10": paired, "sample_set": sample_set_hash(test_df)}
 
 
-def _plot_curve(curve: list[dict], out: Path) -> None:
+def _pop_ndcg(data, samples) -> float:
+    """Most-popular's NDCG@10 on ``samples`` (the valid subset the curve is measured on)."""
+    from rrec.baselines.popularity import popularity_sample_rows
+    from rrec.evaluation import summarize
+
+    ranks, tied, rows = popularity_sample_rows(
+        data.splits["train"], data.items["item_id"].astype(str), samples
+    )
+    return summarize(ranks, [r["user_id"] for r in rows], tied=tied)["ndcg@10"]
+
+
+def _plot_curve(curve: list[dict], out: Path, pop_valid: float | None = None) -> None:
+    """valid_ndcg.png: NDCG@10 on the valid subset against training minutes (most-popular's as a line)."""
     if not curve:
         return
     import matplotlib
@@ -382,6 +397,8 @@ def _plot_curve(curve: list[dict], out: Path) -> None:
         alpha=0.2,
         label="95% CI (users)",
     )
+    if pop_valid is not None:
+        ax.axhline(pop_valid, color="grey", linestyle="--", label="most-popular, same samples")
     ax.set_xlabel("training minutes")
     ax.set_ylabel("NDCG@10 (valid subset)")
     ax.grid(alpha=0.3)

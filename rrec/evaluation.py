@@ -83,6 +83,15 @@ def select_samples(
     return df.reset_index(drop=True)
 
 
+def sample_set_hash(samples: pd.DataFrame) -> str:
+    """First 16 hex digits of SHA-256 over the (user, target, time) rows: equal values, the same samples
+    (the ``sample set`` of ``docs/results.md``)."""
+    import hashlib
+
+    key = "\n".join(f"{u}\t{t}\t{ts!r}" for u, t, ts in samples[["user_id", "target", "timestamp"]].values)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 @torch.no_grad()
 def evaluate_samples(
     model,

@@ -59,7 +59,7 @@ def test_demo_flow(tmp_path, tokenizer, capsys, monkeypatch):
     assert "trained vs most-popular: " + line in lines
     line, zero_diff = expected_line(rows["trained"], rows["zero_shot"], "improved", "got worse")
     assert "trained vs zero-shot: " + line in lines
-    assert out.count("actual next:") == 3 and out.count("reasoning: ") == 3
+    assert out.count("actual next:") == 3 and out.count("\n  reasoning: ") == 3
     saved = json.loads((run / "demo.json").read_text())
     assert saved["paired_ndcg@10"] == {"trained_vs_pop": pop_diff, "trained_vs_zero_shot": zero_diff}
     for name, key in (("trained", "trained"), ("zero_shot", "zero-shot"), ("most_popular", "most-popular")):

@@ -46,13 +46,35 @@ def _to_bf16(path: Path) -> None:
     save_file(tensors, str(path))
 
 
-def package(run: Path, dest: Path) -> dict:
+def _run_record(run: Path) -> dict:
+    """The run's ``result.json``; for a run stopped during its final test evaluation (no result.json), the
+    same training fields rebuilt from ``config.json``, ``metrics.jsonl`` and ``valid.jsonl``, without test
+    metrics."""
+    if (run / "result.json").exists():
+        return json.loads((run / "result.json").read_text())
+    log = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    cfg = json.loads((run / "config.json").read_text())
+    return {
+        "command": "python -m recipes.train_allpos recipes/configs/allpos_smollm2_ml100k.yaml "
+        f"out_dir={cfg['out_dir']} (stopped during the final test evaluation)",
+        "config": cfg,
+        "steps": log[-1]["step"],
+        "train_s": log[-1]["train/minutes"] * 60,
+        "targets": sum(r["train/targets"] for r in log),
+        "targets_per_train_s": log[-1]["train/targets_per_s"],
+        "valid_curve": [json.loads(x) for x in (run / "valid.jsonl").read_text().splitlines()],
+        "test": None,
+        "paired_ndcg@10": None,
+    }
+
+
+def package(run: Path, dest: Path, demo: Path | None = None) -> dict:
     from rrec.assets import cache_dir
     from rrec.data import ensure_default, load_prepared
     from rrec.model import ReasoningRecommender
 
     run, dest = Path(run), Path(dest)
-    result = json.loads((run / "result.json").read_text())
+    result = _run_record(run)
     cfg = result["config"]
     prepared = load_prepared(cfg["prepared"] or ensure_default())
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-"))
@@ -76,6 +98,7 @@ def package(run: Path, dest: Path) -> dict:
             "machine": result.get("machine", {}),
             "train": {k: result[k] for k in ("steps", "train_s", "targets", "targets_per_train_s")},
             "config": cfg,
+            "valid_curve": result.get("valid_curve"),
             "test": result["test"],
             "paired_ndcg@10": result["paired_ndcg@10"],
             "weights_dtype": "bfloat16 (loaded into float32)",
@@ -91,6 +114,10 @@ def package(run: Path, dest: Path) -> dict:
         cos = torch.nn.functional.cosine_similarity(packed.item_table(), ref.item_table(), dim=-1)
         if cos.min() < 0.999:  # bf16 weights: rows agree to ~1e-3, anything else is a packaging error
             raise ValueError(f"packaged table differs from the run's: min row cosine {cos.min():.4f}")
+        if demo is not None:  # the demo's paired test measurement on this very model
+            d = json.loads(Path(demo).read_text())
+            card["demo_test"] = {k: d[k] for k in ("samples", "sample_set", "test", "paired_ndcg@10")}
+            card["demo_test"]["command"] = "rrec demo"
         card["size_bytes"] = size
         (tmp / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
         if dest.exists():
@@ -106,10 +133,14 @@ def package(run: Path, dest: Path) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
-        raise SystemExit("usage: python -m recipes.package_default <run_dir> [dest]")
+        raise SystemExit("usage: python -m recipes.package_default <run_dir> [dest] [--demo=<demo.json>]")
     from rrec.pretrained import DEFAULT, HERE
 
-    return package(Path(argv[0]), Path(argv[1]) if len(argv) > 1 else HERE / DEFAULT)
+    demo = [a.split("=", 1)[1] for a in argv if a.startswith("--demo=")]
+    pos = [a for a in argv if not a.startswith("--")]
+    return package(
+        Path(pos[0]), Path(pos[1]) if len(pos) > 1 else HERE / DEFAULT, Path(demo[0]) if demo else None
+    )
 
 
 if __name__ == "__main__":

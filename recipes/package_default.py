@@ -63,6 +63,7 @@ def _run_record(run: Path) -> dict:
         "targets": sum(r["train/targets"] for r in log),
         "targets_per_train_s": log[-1]["train/targets_per_s"],
         "valid_curve": [json.loads(x) for x in (run / "valid.jsonl").read_text().splitlines()],
+        "machine": {"cpu": "not recorded (the run stopped before writing result.json)"},
         "test": None,
         "paired_ndcg@10": None,
     }

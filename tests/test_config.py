@@ -41,6 +41,7 @@ def test_every_shipped_recipe_config_loads_into_its_dataclass():
     # an unknown or misspelt key in a shipped YAML is an error at load time: catch it here, not on a GPU
     from recipes import (
         compare,
+        demo,
         evaluate,
         grpo_like_dislike,
         make_traces,
@@ -57,7 +58,8 @@ def test_every_shipped_recipe_config_loads_into_its_dataclass():
     by_prefix = {
         "recpo_": train_recpo.RecPOConfig, "contrastive_": train_contrastive.ContrastiveConfig,
         "compare_": compare.Config, "evaluate_": evaluate.Config, "baseline_": train_baseline.Config,
-        "demo_": train_recpo.RecPOConfig, "like_dislike_": grpo_like_dislike.LikeDislikeConfig,
+        "demo_recpo_": train_recpo.RecPOConfig, "demo_": demo.DemoConfig,
+        "like_dislike_": grpo_like_dislike.LikeDislikeConfig,
         "reczero_": reczero.RecZeroConfig, "recone_": recone.RecOneConfig,
         "make_traces_": make_traces.MakeTracesConfig, "recllm_r1_": recllm_r1.RecLLMR1Config,
         "allpos_": train_allpos.AllPosConfig,

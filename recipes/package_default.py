@@ -119,7 +119,9 @@ def package(run: Path, dest: Path, demo: Path | None = None) -> dict:
             d = json.loads(Path(demo).read_text())
             card["demo_test"] = {k: d[k] for k in ("samples", "sample_set", "test", "paired_ndcg@10")}
             card["demo_test"]["command"] = "rrec demo"
-        card["size_bytes"] = size
+        card["size_bytes"] = sum(
+            f.stat().st_size for f in tmp.rglob("*") if f.is_file() and f.name != "model_card.json"
+        )
         (tmp / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
         if dest.exists():
             shutil.rmtree(dest)

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import torch
+from sections import write_section
 from trl_step import TRL_MISSING, TRL_NOT_MEASURED, speedup_vs_trl, trl_available, trl_grpo_step
 
 from rrec.rollout import generate_reasoning, left_pad
@@ -259,19 +260,6 @@ def markdown(out: dict, command: str) -> str:
             shown = "not measured" if value is None else f"{value:.4g}"
             lines.append(f"| {key} | {shown} | {targets.get(key, '')} |")
     return "\n".join(lines) + "\n"
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace the section with the same heading in ``path``, or append it."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    head = section.splitlines()[0]
-    if head in text:
-        start = text.index(head)
-        nxt = text.find("\n## ", start + len(head))
-        text = text[:start] + section + (text[nxt + 1 :] if nxt >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
 
 
 def merge(paths: list[Path]) -> None:

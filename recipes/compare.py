@@ -55,9 +55,7 @@ import dataclasses
 import hashlib
 import json
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -76,6 +74,7 @@ from rrec.baselines import GRU4Rec, Popularity, SASRec, popularity_counts, score
 from rrec.config import ConfigError, config_from_argv
 from rrec.data import PreparedData, load_prepared
 from rrec.evaluation import evaluate_samples, paired_ndcg, paired_verdict, select_samples, summarize
+from rrec.machine import machine_info
 
 KS = (5, 10, 20)
 BASELINES = ("pop", "sasrec", "gru4rec")
@@ -331,25 +330,6 @@ def comparison_table(rows: Sequence[Row]) -> str:
         counts = [f"{m['n_samples']:,}", f"{m['n_users']:,}"]
         cells.append([row.name, row.eval_set, *(f"{v:.4f}" for v in values), ci, vs_cell, *counts, *seconds])
     return markdown_table(header, cells, [False, False, *[True] * (len(header) - 2)])
-
-
-def machine_info() -> dict:
-    """CPU model (``lscpu``), core count, load average, GPU, torch and Python versions."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True, timeout=10).stdout
-        cpu = next(ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name"))
-    except (OSError, subprocess.SubprocessError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "load_avg_1min": os.getloadavg()[0],
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def command_line(args: Sequence[str]) -> str:

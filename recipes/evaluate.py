@@ -51,8 +51,17 @@ from rrec import assets, backbone
 from rrec.baselines import popularity_counts
 from rrec.config import ConfigError, config_from_argv
 from rrec.data import ensure_default, load_prepared
-from rrec.evaluation import evaluate_samples, per_user_rows, select_samples, summarize
+from rrec.evaluation import (
+    EvalResult,
+    evaluate_samples,
+    histories_of,
+    paired_ndcg,
+    per_user_rows,
+    select_samples,
+    summarize,
+)
 from rrec.metrics import bootstrap_ci, per_sample_ndcg
+from rrec.prompts import warn_truncated
 
 KS = (5, 10, 20)
 
@@ -78,6 +87,8 @@ class Config:
     item_batch_size: int = 64
     top_k: int = 20  # ids kept per row of per_user.jsonl
     num_threads: int | None = None  # torch.set_num_threads; None: torch's default
+    fast: bool = True  # reasoning=false: rrec.fast_eval (length-sorted batches; the same ranks, faster)
+    paired_with: list[str] = dataclasses.field(default_factory=list)  # per_user.jsonl files: paired NDCG@10
     out_dir: str = ""  # "": runs/evaluate/<dataset>-<split>-<method>-<time>
 
 
@@ -209,15 +220,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     # ---- evaluate ----------------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    res = evaluate_samples(
-        scorer,
-        samples,
-        reasoning=cfg.reasoning and cfg.method == "llm",
-        mask_history=cfg.mask_history,
-        batch_size=cfg.batch_size if cfg.method == "llm" else 4096,
-        max_new_tokens=cfg.max_new_tokens,
-        top_k=cfg.top_k,
-    )
+    if cfg.method == "llm" and not cfg.reasoning and cfg.fast and cfg.mask_history:
+        res = fast_ranks(scorer, samples, cfg)
+    else:
+        res = evaluate_samples(
+            scorer,
+            samples,
+            reasoning=cfg.reasoning and cfg.method == "llm",
+            mask_history=cfg.mask_history,
+            batch_size=cfg.batch_size if cfg.method == "llm" else 4096,
+            max_new_tokens=cfg.max_new_tokens,
+            top_k=cfg.top_k,
+        )
     times["evaluate_s"] = time.perf_counter() - t0
     times["total_s"] = time.perf_counter() - t_start
     if not (int(res.ranks.min()) >= 1 and int(res.ranks.max()) <= len(item_ids)):
@@ -241,9 +255,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     metrics["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     metrics["command"] = " ".join(["rrec evaluate", *args])
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+    rows = per_user_rows(res)
     with open(out / "per_user.jsonl", "w") as f:
-        for row in per_user_rows(res):
+        for row in rows:
             f.write(json.dumps(row) + "\n")
+    paired = paired_against(rows, cfg.paired_with)
+    if paired:
+        metrics["paired_ndcg@10"] = paired
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
     print(format_table(metrics))
     extra = ""
@@ -257,7 +277,46 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"{100 * metrics['tied_frac']:.1f}% of samples; evaluate "
         f"{times['evaluate_s']:.1f} s, total {times['total_s']:.1f} s{extra} -> {out}"
     )
+    for name, d in paired.items():
+        print(f"NDCG@10 minus {name}: {d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] "
+              f"(paired bootstrap over users)")  # fmt: skip
     return metrics
+
+
+def fast_ranks(model, samples, cfg: Config) -> EvalResult:
+    """``evaluate_samples`` without reasoning, through ``rrec.fast_eval``: the same prompts, table and
+    masking, so the same ranks (tested), with the prompts sorted by length into batches."""
+    from rrec.fast_eval import rank_samples
+
+    hist = histories_of(samples)
+    n_cut = sum(len(h) > model.config.max_history for h in hist)
+    if n_cut:
+        warn_truncated(n_cut, len(hist), model.config.max_history)
+    res = rank_samples(
+        model.lm, lambda h, t: model.prompt_ids([h], [t], reasoning=False)[0][0], samples, model.item_table(),
+        model.item_ids, pad_id=model.pad_id, batch_size=cfg.batch_size, top_k=cfg.top_k, bf16=False,
+    )  # fmt: skip
+    n = len(res["ranks"])
+    return EvalResult(res["user_ids"], res["targets"], res["ranks"], res["top_ids"], [""] * n, [False] * n,
+                      res["tied"])  # fmt: skip
+
+
+def paired_against(rows: list[dict], files: Sequence[str]) -> dict:
+    """NDCG@10 of ``rows`` minus that of each ``per_user.jsonl``-format file, paired over the same samples
+    (:func:`rrec.evaluation.paired_ndcg`); keyed by the file's parent folder name (or stem)."""
+    out = {}
+    for f in files:
+        path = Path(f)
+        if not path.is_file():
+            raise ConfigError(f"paired_with: {f} is not a file (a per_user.jsonl of the same samples)")
+        other = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        try:
+            d = paired_ndcg(rows, other)
+        except ValueError as e:
+            raise ConfigError(f"paired_with {f}: {e}") from None
+        name = path.parent.name if path.stem == "per_user" else f"{path.parent.name}/{path.stem}"
+        out[name] = {"mean": d.mean, "ci95": [d.low, d.high], "file": str(path)}
+    return out
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ ID_OPTIMIZERS = ("sgd", "adam")
 
 @dataclass
 class AllPosConfig:
-    model: str = ""  # HF folder; "" = the embedded SmolLM2-135M-Instruct
+    model: str = ""  # HF folder, or an rrec folder whose adapter (and ID vectors) train on; "" = embedded
     prepared: str = ""  # prepared dataset folder; "" = ML-100K temporal
     out_dir: str = "runs/allpos"
     seed: int = 0
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from item_index import ItemIndex
     from rrec.assets import fetch, model_dir
-    from rrec.backbone import apply_lora
+    from rrec.backbone import apply_lora, continue_adapter, is_peft
     from rrec.data import load_prepared
     from rrec.evaluation import select_samples
     from rrec.fast_eval import autocast_context
@@ -169,9 +169,12 @@ def main(argv: list[str] | None = None) -> dict:
         item_encoder="base" if cfg.item_side == "frozen" else "self",
         id_vectors=cfg.id_vectors,
     )
-    model.lm = apply_lora(
-        model.lm, rank=cfg.lora_rank, alpha=cfg.lora_alpha, trainable_tokens=[model.answer_id]
-    )
+    if is_peft(model.lm):  # an rrec folder with an adapter (e.g. rrec:ml100k-allpos): train it on
+        model.lm = continue_adapter(model.lm)
+    else:
+        model.lm = apply_lora(
+            model.lm, rank=cfg.lora_rank, alpha=cfg.lora_alpha, trainable_tokens=[model.answer_id]
+        )
     lm, ids = model.lm, list(model.catalog)
     columns = {i: j for j, i in enumerate(ids)}
     prompter = StreamPrompter(model.tokenizer, model.answer_id, model.catalog, style)

@@ -200,6 +200,11 @@ def _run(cfg: Config) -> dict[str, object]:
         out / "model.pt",
     )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    # per-sample test ranks in the per_user.jsonl format of `rrec evaluate`, for paired comparisons
+    rows = zip(test["user_id"].astype(str), test["target"].astype(str), test_ranks.tolist(), strict=True)
+    (out / "per_user_test.jsonl").write_text(
+        "".join(json.dumps({"user_id": u, "target": t, "rank": int(r)}) + "\n" for u, t, r in rows)
+    )
     summary = "  ".join(f"{k} {metrics[f'test/{k}']:.4f}" for k in ("hit@10", "ndcg@10", "mrr"))
     print(f"test: {summary}  ({metrics['wall_seconds']:.0f} s) -> {out}")
     return metrics

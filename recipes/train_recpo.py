@@ -86,6 +86,9 @@ class RecPOConfig:
     lora_rank: int = 4  # R²ec
     lora_alpha: int = 8
     lora_dropout: float = 0.0
+    reasoning_format: str = ""  # "" = the model's own; "stream" writes the reasoning after the last item line
+    id_lr: float = 0.05  # hybrid table (a model with ID vectors): SGD of the item action's ID-vector grads
+    id_momentum: float = 0.9  # (train_allpos's optimiser and values); id_lr 0 keeps them fixed
     gradient_checkpointing: bool = False
     steps: int = 200
     max_train_minutes: float | None = None  # stop after the step that crosses it (then eval + save)
@@ -155,13 +158,16 @@ def setup(cfg: RecPOConfig, device: torch.device | str | None = None):
     dtype = parse_dtype(cfg.dtype, device)
     if dtype != torch.float32 and not cfg.lora:
         dtype = torch.float32  # full fine-tuning keeps float32 master weights (lr 1e-5 vanishes in bf16)
+    fmt = getattr(cfg, "reasoning_format", "")  # the contrastive recipe shares this setup, without the key
+    extra = {"reasoning_format": fmt} if fmt else {}
     model = ReasoningRecommender.from_pretrained(
-        path, dtype=dtype, device=device, catalog=data.items, max_history=cfg.max_history
+        path, dtype=dtype, device=device, catalog=data.items, max_history=cfg.max_history, **extra
     )
     if is_peft(model.lm) and not cfg.lora:
         raise ValueError(f"{path} holds a LoRA adapter: continue it with lora=true, or merge it first")
-    if model.id_vectors is not None:  # a hybrid table: RecPO keeps its ID vectors as they are (not trained)
-        model.id_vectors.weight.requires_grad_(False)
+    if model.id_vectors is not None:  # a hybrid table: the item action trains the ID vectors (id_lr > 0)
+        model.id_vectors.ensure(list(model.catalog))
+        model.id_vectors.float().requires_grad_(getattr(cfg, "id_lr", 0.0) > 0)
     if model.config.item_encoder == "base":  # a frozen item side: its states are kept between runs
         from rrec.assets import cache_dir
 
@@ -270,6 +276,14 @@ def main(argv: list[str] | None = None) -> dict:
     params = training.trainable_parameters(model.lm)
     distributed.broadcast_parameters(params)  # every process starts from process 0's weights
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    id_params = [model.id_vectors.weight] if model.id_vectors is not None and cfg.id_lr > 0 else []
+    if id_params and (deepspeed or cfg.save_every or cfg.resume_from):
+        raise ValueError(
+            "training ID vectors (a hybrid model with id_lr > 0) is not checkpointed and not under "
+            "DeepSpeed: set id_lr=0, or save_every=0 and no resume_from"
+        )
+    distributed.broadcast_parameters(id_params)
+    id_opt = torch.optim.SGD(id_params, lr=cfg.id_lr, momentum=cfg.id_momentum) if id_params else None
     sched = get_constant_schedule_with_warmup(opt, cfg.warmup_steps)
     resume = training.resume_path(cfg.resume_from, out)
     start, state = 0, None
@@ -393,12 +407,19 @@ def main(argv: list[str] | None = None) -> dict:
                     raise FloatingPointError(f"step {step}: non-finite loss on some process")
                 acc.backward(loss)
                 if not deepspeed:
-                    distributed.average_gradients(params)
-                grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                    distributed.average_gradients(params + id_params)
+                grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)  # LoRA only, as in train_allpos
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
+                if id_opt is not None:  # only the batch targets' rows have a gradient
+                    id_opt.step()
+                    id_opt.zero_grad(set_to_none=True)
                 ratio_means.append(st.ratio_mean)
+            if id_opt is not None:  # the table follows the targets' new ID vectors at once
+                with torch.no_grad():
+                    fresh = distributed.gather_rows(training.encode_targets(model, targets, grad=False))
+                training.refresh_targets(model, targets_all, fresh)
             with torch.no_grad():  # global statistics: per-row values gathered, sums reduced
                 ndcg = recpo.fused_reward(scores, tcol, beta=0.0, ndcg_k=cfg.ndcg_k)
                 per_row = distributed.gather_rows(torch.stack([

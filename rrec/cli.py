@@ -3,6 +3,7 @@
     rrec fetch [--ml-1m] [--force]
     rrec prepare [config.yaml] [key=value ...]
     rrec evaluate [config.yaml] [key=value ...]
+    rrec paired A/per_user.jsonl B/per_user.jsonl [C/per_user.jsonl ...]
 
 A recipe command passes its arguments untouched to the recipe's ``main(argv)`` (an optional YAML path,
 then ``key=value`` overrides; an unknown key is an error). Recipes are imported inside each command, so
@@ -19,6 +20,7 @@ then ``key=value`` overrides; an unknown key is an error). Recipes are imported 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import typer
 
@@ -84,6 +86,27 @@ def evaluate(args: list[str] | None = RECIPE_ARGS) -> None:
     from recipes import evaluate as recipe
 
     run_recipe(recipe.main, args)
+
+
+@app.command()
+def paired(
+    rows: Path = typer.Argument(..., help="per_user.jsonl of method A (rrec evaluate, train_baseline, ...)."),
+    others: list[Path] = typer.Argument(..., help="per_user.jsonl files of the same samples, in order."),
+) -> None:
+    """NDCG@10 of A minus each other method on the same samples, with a paired bootstrap over users."""
+    import json
+
+    from recipes.evaluate import paired_against
+
+    a = [json.loads(line) for line in rows.read_text().splitlines() if line.strip()]
+    try:
+        result = paired_against(a, [str(o) for o in others])
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    for d in result.values():
+        typer.echo(f"{rows} minus {d['file']}: NDCG@10 {d['mean']:+.4f} [{d['ci95'][0]:+.4f}, "
+                   f"{d['ci95'][1]:+.4f}] (paired 95% CI over users, {len(a):,} samples)")  # fmt: skip
 
 
 @app.command("train-recpo", context_settings=RECIPE_CONTEXT)

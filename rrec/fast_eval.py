@@ -91,7 +91,10 @@ def rank_samples(
         same[torch.arange(len(target)), target] = False
         tied.append(same.any(1).cpu())
         top = scores.masked_fill(exclude, float("-inf")).topk(min(top_k, scores.shape[1]), dim=1)
-        top_ids += [[item_ids[j] for j in row.tolist()] for row in top.indices]
+        top_ids += [  # masked items left out, as rrec.evaluation does
+            [item_ids[j] for j, v in zip(row.tolist(), vals.tolist(), strict=True) if v != float("-inf")]
+            for row, vals in zip(top.indices, top.values, strict=True)
+        ]
     return {
         "ranks": torch.cat(ranks),
         "tied": torch.cat(tied),

@@ -74,6 +74,7 @@ class RecConfig:
     item_encoder: str = "self"  # item text states by "self" (the model) or "base" (adapter switched off)
     id_vectors: bool = False  # hybrid item rows: text state + a learned per-item vector (rrec.id_vectors)
     base_checksum: str = ""  # sha256 of the base model's weight files (checked when an adapter loads)
+    reasoning_format: str = "chat"  # prompt with reasoning: "chat" or "stream" (needs user_format="stream")
 
 
 class ReasoningRecommender(nn.Module):
@@ -89,8 +90,11 @@ class ReasoningRecommender(nn.Module):
         rollout_engine: the decoder that writes reasonings, ``"auto"`` (static KV cache + CUDA graphs on
             a GPU, the HF forward on CPU), ``"static"`` or ``"hf"`` (``rrec.decoding``). Not saved.
         user_format: the prompt of ``reasoning=False``: ``"chat"`` (``rrec.prompts``, the same as with
-            reasoning) or ``"stream"`` (``rrec.stream``: the format all-position training uses). With
-            reasoning, the chat prompt is always used (the stream format has no assistant turn).
+            reasoning) or ``"stream"`` (``rrec.stream``: the format all-position training uses).
+        reasoning_format: the prompt with reasoning: ``"chat"`` (``rrec.prompts``: the assistant turn is
+            the reasoning) or ``"stream"`` (needs ``user_format="stream"``: the stream prompt without its
+            last ``<answer>``, so the reasoning follows the last item line and ends with ``<answer>``; an
+            empty reasoning reads exactly the state of ``reasoning=False``).
         item_encoder: ``"self"`` (item states by this model, R²ec) or ``"base"`` (by the base model with
             the PEFT adapter switched off: the table does not move when the adapter trains).
         id_vectors: hybrid item rows ``normalise(normalise(text) + id)`` with learned, zero-initialised
@@ -114,6 +118,7 @@ class ReasoningRecommender(nn.Module):
         user_format: str = "chat",
         item_encoder: str = "self",
         id_vectors: bool = False,
+        reasoning_format: str = "chat",
     ) -> None:
         super().__init__()
         self.rollout_engine = check_engine(rollout_engine)
@@ -126,6 +131,10 @@ class ReasoningRecommender(nn.Module):
         positive_int("max_history", max_history)
         if user_format not in ("chat", "stream"):
             raise ValueError(f"user_format must be 'chat' or 'stream', got {user_format!r}")
+        if reasoning_format not in ("chat", "stream"):
+            raise ValueError(f"reasoning_format must be 'chat' or 'stream', got {reasoning_format!r}")
+        if reasoning_format == "stream" and user_format != "stream":
+            raise ValueError("reasoning_format='stream' needs user_format='stream'")
         if item_encoder not in ("self", "base"):
             raise ValueError(f"item_encoder must be 'self' or 'base', got {item_encoder!r}")
         self.lm = lm
@@ -142,6 +151,7 @@ class ReasoningRecommender(nn.Module):
             user_format=user_format,
             item_encoder=item_encoder,
             id_vectors=bool(id_vectors),
+            reasoning_format=reasoning_format,
         )
         self.style = style
         self.catalog: dict[str, dict] = {}
@@ -357,6 +367,31 @@ class ReasoningRecommender(nn.Module):
             self.tokenizer, history, records, self.config.max_history, target_time, reasoning, self.style
         )
 
+    def prompt_ids(
+        self,
+        histories: Sequence[Sequence],
+        target_times: Sequence[float | None] | None = None,
+        reasoning: bool = True,
+    ) -> list[tuple[list[int], int]]:
+        """Token ids of the user prompts and how many history entries ``max_history`` cut from each (no
+        warning here). Without reasoning a prompt ends with ``<answer>`` (the user state is its last
+        token's); with reasoning the model writes next, up to its ``<answer>``.
+
+        Stream prompts (``rrec.stream``) where the config says so (``user_format`` without reasoning,
+        ``reasoning_format`` with it), else the chat prompt of ``rrec.prompts``."""
+        if not self.catalog:
+            raise ValueError("no catalog: pass a DataFrame with item_id and title (set_catalog)")
+        times = list(target_times) if target_times is not None else [None] * len(histories)
+        fmt = self.config.reasoning_format if reasoning else self.config.user_format
+        if fmt == "stream":
+            records = prompt_records(self.catalog, self.removed_items)
+            prompter = StreamPrompter(self.tokenizer, self.answer_id, records, self.style)
+            pairs = [prompter.user_prompt_ids(h, self.config.max_history) for h in histories]
+            return [(ids[:-1], cut) for ids, cut in pairs] if reasoning else pairs  # drop the last <answer>
+        pairs = [self._prompt(h, t, reasoning) for h, t in zip(histories, times, strict=True)]
+        ids = self.tokenizer([text for text, _ in pairs], add_special_tokens=False).input_ids
+        return [(i, dropped) for i, (_, dropped) in zip(ids, pairs, strict=True)]
+
     @torch.no_grad()
     def reason(
         self,
@@ -387,21 +422,11 @@ class ReasoningRecommender(nn.Module):
             raise ValueError(f"{len(times)} target_times for {len(histories)} histories")
         budget = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
         positive_int("max_new_tokens", budget)
-        if not reasoning and self.config.user_format == "stream":
-            if not self.catalog:
-                raise ValueError("no catalog: pass a DataFrame with item_id and title (set_catalog)")
-            records = prompt_records(self.catalog, self.removed_items)
-            prompter = StreamPrompter(self.tokenizer, self.answer_id, records, self.style)
-            pairs = [prompter.user_prompt_ids(h, self.config.max_history) for h in histories]
-        else:
-            pairs = [self._prompt(h, t, reasoning) for h, t in zip(histories, times, strict=True)]
+        pairs = self.prompt_ids(histories, times, reasoning)
         n_cut = sum(dropped > 0 for _, dropped in pairs)
         if n_cut:
             warn_truncated(n_cut, len(pairs), self.config.max_history, stacklevel=4)  # past no_grad
-        if not reasoning and self.config.user_format == "stream":
-            ids = [p for p, _ in pairs]
-        else:
-            ids = self.tokenizer([text for text, _ in pairs], add_special_tokens=False).input_ids
+        ids = [p for p, _ in pairs]
         prompt_ids, prompt_mask = left_pad(ids, self.pad_id, device=self.device)
         if not reasoning:
             return self.user_states(prompt_ids, prompt_mask), [""] * len(ids), [False] * len(ids)

@@ -208,6 +208,7 @@ def load_model(
         user_format=cfg.user_format,
         item_encoder=cfg.item_encoder,
         id_vectors=cfg.id_vectors,
+        reasoning_format=cfg.reasoning_format,
     )
     kw.update(overrides)
     model = cls(lm.to(device), tok, catalog, base_model=cfg.base_model, **kw)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -26,7 +25,6 @@ from rrec import checkpoint, distributed
 from rrec.backbone import final_hidden, is_peft
 from rrec.evaluation import histories_of
 from rrec.items import encode_token_lists
-from rrec.prompts import HistoryTruncatedWarning
 from rrec.rollout import left_pad
 
 
@@ -54,13 +52,8 @@ def prompt_batch(model, rows: pd.DataFrame, reasoning: bool = True) -> tuple[Ten
     Histories longer than the model's ``max_history`` are cut to their most recent items without a
     warning here: in training that is the configured behaviour, not a surprise.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", HistoryTruncatedWarning)
-        prompts = [
-            model.user_prompt(h, float(t), reasoning)
-            for h, t in zip(histories_of(rows), rows["timestamp"].tolist(), strict=True)
-        ]
-    ids = model.tokenizer(prompts, add_special_tokens=False).input_ids
+    times = [float(t) for t in rows["timestamp"].tolist()]
+    ids = [p for p, _ in model.prompt_ids(histories_of(rows), times, reasoning)]  # prompt_ids never warns
     return left_pad(ids, model.pad_id, device=model.device)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,20 @@ def test_fetch_prints_where_things_are(monkeypatch, tmp_path):
     assert result.exit_code == 0, result.output
     assert calls == [(("ml-100k", "ml-1m"), True, True)]
     assert str(tmp_path / "ml-1m") in result.output and f"cache: {tmp_path}" in result.output
+
+
+def test_paired_compares_per_sample_files(tmp_path):
+    rows_a = [{"user_id": "u1", "target": "1", "rank": 1}, {"user_id": "u2", "target": "2", "rank": 3}]
+    rows_b = [{"user_id": "u1", "target": "1", "rank": 2}, {"user_id": "u2", "target": "2", "rank": 30}]
+    for name, rows in (("a", rows_a), ("b", rows_b)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "per_user.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = runner.invoke(
+        app, ["paired", str(tmp_path / "a" / "per_user.jsonl"), str(tmp_path / "b" / "per_user.jsonl")]
+    )
+    assert result.exit_code == 0, result.output
+    # by hand: ((1 - 1/log2 3) + (1/log2 4 - 0)) / 2 = (0.36907 + 0.5) / 2
+    assert "NDCG@10 +0.4345" in result.output
+    (tmp_path / "c.jsonl").write_text(json.dumps(rows_b[0]) + "\n")
+    bad = runner.invoke(app, ["paired", str(tmp_path / "a" / "per_user.jsonl"), str(tmp_path / "c.jsonl")])
+    assert bad.exit_code == 2 and "same samples" in bad.output

@@ -92,9 +92,29 @@ def test_stream_format_reads_the_state_of_the_stream_prompt(tokenizer):
     assert not set(rec.item_ids) & set(hist) and len(rec.item_ids) == 5
 
 
+def test_stream_reasoning_prompt_continues_after_the_last_item_line(tokenizer):
+    model = _model(tokenizer, user_format="stream", reasoning_format="stream")
+    model.build_item_table()
+    hist = ["1", "4", "2"]
+    (plain, _) = model.prompt_ids([hist], reasoning=False)[0]
+    (with_reasoning, _) = model.prompt_ids([hist])[0]
+    assert plain[-1] == model.answer_id and with_reasoning == plain[:-1]  # <answer> left open
+    # a budget of one token forces <answer> at once: an empty reasoning reads the no-reasoning state
+    states, texts, forced = model.reason([hist, ["3"]], reasoning=True, max_new_tokens=1)
+    ref, _, _ = model.reason([hist, ["3"]], reasoning=False)
+    assert forced == [True, True] and texts == ["", ""]
+    assert (states - ref).abs().max() <= f32_tol(N_TINY, ref.abs().max().item(), K_FORWARD)
+    longer, texts, _ = model.reason([hist], reasoning=True, max_new_tokens=4)  # a written reasoning moves it
+    assert (longer[0] - ref[0]).abs().max() > f32_tol(N_TINY, ref.abs().max().item(), K_FORWARD)
+    with pytest.raises(ValueError, match="needs user_format"):
+        _model(tokenizer, reasoning_format="stream")
+
+
 def test_options_are_checked(tokenizer):
     with pytest.raises(ValueError, match="user_format"):
         _model(tokenizer, user_format="tweet")
+    with pytest.raises(ValueError, match="reasoning_format"):
+        _model(tokenizer, user_format="stream", reasoning_format="tweet")
     with pytest.raises(ValueError, match="item_encoder"):
         _model(tokenizer, item_encoder="other")
 

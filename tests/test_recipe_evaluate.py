@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -158,3 +159,52 @@ def test_static_decoder_gives_the_same_ranks_as_hf(tmp_path, prepared_dir, model
     assert [r["reasoning"] for r in hf] == [r["reasoning"] for r in st]
     with pytest.raises(ValueError, match="engine must be one of"):
         run(tmp_path / "bad", prepared_dir, *common, "rollout_engine=vllm")
+
+
+@pytest.fixture(scope="module")
+def stream_model_dir(tmp_path_factory, tokenizer):
+    """An rrec folder in the all-position format: stream prompts, base-model items, non-zero ID vectors."""
+    from rrec.model import ReasoningRecommender
+
+    items, _ = tiny_tables()
+    model = ReasoningRecommender(make_tiny_lm(tokenizer), copy.deepcopy(tokenizer), items, max_history=3,
+                                 user_format="stream", id_vectors=True)  # fmt: skip
+    model.id_vectors.ensure(items["item_id"].tolist())
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        model.id_vectors.weight.copy_(torch.randn(model.id_vectors.weight.shape, generator=g))
+    d = tmp_path_factory.mktemp("stream") / "m"
+    model.save_pretrained(d)
+    return d
+
+
+@pytest.mark.parametrize("which", ["chat", "stream"])
+def test_fast_path_gives_the_ranks_of_the_sample_by_sample_path(tmp_path, prepared_dir, model_dir,
+                                                                 stream_model_dir, which):  # fmt: skip
+    folder = model_dir if which == "chat" else stream_model_dir
+    common = [f"model={folder}", "reasoning=false", "dtype=float32", "batch_size=3"]
+    slow, slow_rows = run(tmp_path / "slow", prepared_dir, *common, "fast=false")
+    fast, fast_rows = run(tmp_path / "fast", prepared_dir, *common, "fast=true", "batch_size=2")
+    assert [r["rank"] for r in fast_rows] == [r["rank"] for r in slow_rows]
+    assert [r["tied"] for r in fast_rows] == [r["tied"] for r in slow_rows]
+    assert [r["top_k"] for r in fast_rows] == [r["top_k"] for r in slow_rows]
+    assert fast["ndcg@10"] == slow["ndcg@10"] and fast["samples_sha"] == slow["samples_sha"]
+
+
+def test_paired_with_other_per_user_files(tmp_path, prepared_dir, model_dir):
+    _, pop_rows = run(tmp_path / "pop", prepared_dir, "method=pop")
+    pop_file = tmp_path / "pop" / "run" / "per_user.jsonl"
+    llm, rows = run(tmp_path / "llm", prepared_dir, f"model={model_dir}", "reasoning=false", "dtype=float32",
+                    f"paired_with=[{pop_file}]")  # fmt: skip
+    d = llm["paired_ndcg@10"]["run"]
+    # by hand: the mean over samples of NDCG@10(llm) - NDCG@10(pop), 1/log2(rank + 1) inside the top 10
+    ndcg = [[1 / math.log2(r["rank"] + 1) if r["rank"] <= 10 else 0.0 for r in rs] for rs in (rows, pop_rows)]
+    expected = sum(a - b for a, b in zip(*ndcg, strict=True)) / len(rows)
+    assert d["mean"] == pytest.approx(expected, abs=1e-12)
+    assert d["ci95"][0] <= d["mean"] + 1e-12 and d["mean"] <= d["ci95"][1] + 1e-12
+    other = tmp_path / "other.jsonl"
+    other.write_text(pop_file.read_text().splitlines()[0] + "\n")  # one sample, not the same four
+    with pytest.raises(ConfigError, match="same samples"):
+        run(tmp_path / "bad", prepared_dir, "method=pop", f"paired_with=[{other}]")
+    with pytest.raises(ConfigError, match="not a file"):
+        run(tmp_path / "bad2", prepared_dir, "method=pop", f"paired_with=[{tmp_path / 'nope.jsonl'}]")

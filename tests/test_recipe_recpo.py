@@ -105,3 +105,37 @@ def test_max_train_minutes_stops_then_evaluates_and_saves(tmp_path, tokenizer):
     # without a budget nothing stops early
     full = train_recpo.main(_args(tmp_path, tokenizer, out_dir=tmp_path / "full", steps=2))
     assert full["steps"] == 2 and not full["stopped_by_time"]
+
+
+def _hybrid_dir(tmp_path, tokenizer):
+    """An untrained all-position model (train_allpos, 0 steps): stream format, LoRA, zero ID vectors."""
+    from recipes import train_allpos
+
+    args = {"model": str(tiny_model_dir(tmp_path / "base", tokenizer)), "prepared": str(tiny_prepared(
+        tmp_path / "data")), "out_dir": str(tmp_path / "allpos"), "max_history": 5, "steps": 0,
+        "eval_every_minutes": 0, "test_before": False, "test_users": 2}  # fmt: skip
+    train_allpos.main([f"{k}={v}" for k, v in args.items()])
+    return tmp_path / "allpos" / "model"
+
+
+def test_recpo_item_action_trains_the_id_vectors_of_its_targets(tmp_path, tokenizer):
+    """A hybrid model's ID vectors move only where the item action had a target (in-batch softmax), and
+    with id_lr=0 they stay as they are; reasoning_format=stream writes the reasoning after the item lines."""
+    from rrec.data import load_prepared
+
+    folder = _hybrid_dir(tmp_path, tokenizer)
+    args = _args(tmp_path, tokenizer, model=str(folder), id_lr=0.5, reasoning_format="stream")
+    train_recpo.main(args)
+    after = ReasoningRecommender.from_pretrained(tmp_path / "run" / "final")
+    assert after.config.reasoning_format == "stream"
+    weights = zip(after.id_vectors.ids, after.id_vectors.weight, strict=True)
+    moved = {i for i, v in weights if v.abs().max() > 0}
+    targets = set(load_prepared(tmp_path / "data").splits["train"]["target"].astype(str))
+    assert moved and moved <= targets  # 3 steps x 2 users: a few train targets, nothing else
+    # the saved table holds the hybrid rows of the final ID vectors
+    rows = after.table_rows(after.item_ids, after.encode_items(list(after.catalog.values()), progress=False))
+    assert_f32_close(after.item_table(), rows, n=after.hidden_size, k=K_STEP)
+
+    train_recpo.main(_args(tmp_path, tokenizer, model=str(folder), id_lr=0.0, out_dir=str(tmp_path / "r0")))
+    fixed = ReasoningRecommender.from_pretrained(tmp_path / "r0" / "final")
+    assert fixed.id_vectors.weight.abs().max() == 0 and fixed.config.reasoning_format == "chat"

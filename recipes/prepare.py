@@ -8,8 +8,15 @@
 * ``ml-100k`` / ``ml-1m``: MovieLens, fetched into the cache by ``rrec.assets`` when missing;
 * ``recbole:<dir>:<name>``: RecBole atomic files ``<dir>/<name>.inter`` and ``<dir>/<name>.item``;
 * ``amazon2023:<reviews.jsonl[.gz]>:<meta.jsonl[.gz]>``: one Amazon Reviews 2023 category (R²ec's window);
+* ``table:<interactions>:<items>``: any two tables (CSV, TSV, Parquet, JSON lines, or a ``datasets``
+  folder saved with ``save_to_disk``), with ``user_col``, ``item_col``, ``time_col``, ``rating_col``,
+  ``text_cols`` and ``text_join`` (``None``: guessed and printed; :mod:`rrec.data.table`);
+* ``d3:<dir>[:<name>]``: a dataset in the D3/BIGRec layout, nested (``train|valid|test/<name>.csv`` +
+  ``info/<name>.txt``) or flat (``items.txt``, ``valid.csv``, ``test.csv``), named after its files
+  (:mod:`rrec.data.d3`);
 * ``amazon18-scientific:<dir>`` / ``amazon18-cds:<dir>``: the Amazon'18 sets as published with their own
-  split files; ``split`` does not apply to them (the folder name ends in ``-files``).
+  split files (``amazon18-cds`` is ``d3:<dir>`` named "amazon18-cds"). ``split`` does not apply to the
+  datasets with their own split files (the folder name ends in ``-files``).
 
 Writes ``<out_dir>`` (default ``<cache>/prepared/<name>-<split>``, plus ``-h<H>`` when ``max_history`` is
 not 20) with :func:`rrec.data.save_prepared`, and a ``prepare.json`` recording the config. A folder that
@@ -37,11 +44,14 @@ from rrec.data import (
     load_recbole_atomic,
     prepare,
 )
+from rrec.data.d3 import find_d3_files, load_d3
 from rrec.data.default import RECORD_FILE as RECORD_FILE  # re-exported (recipes/compare.py reads it)
 from rrec.data.default import ensure_default as ensure_default  # moved to the library; kept for callers
 from rrec.data.default import prepare_once
+from rrec.data.table import Columns, load_table_dataset
 
-FILE_SPLITS = ("amazon18-scientific", "amazon18-cds")  # datasets that come with their own split
+FILE_SPLITS = ("amazon18-scientific", "amazon18-cds", "d3")  # datasets that come with their own split
+TABLE_KEYS = ("user_col", "item_col", "time_col", "rating_col", "text_cols", "text_join")
 
 
 @dataclass
@@ -53,6 +63,13 @@ class Config:
     max_history: int = 20  # R²ec: 20 history items per sample
     out_dir: str | None = None  # None: <cache>/prepared/<name>-<split>[-h<H>]
     force: bool = False
+    # dataset=table:... only (None: guessed from the obvious names, and printed; rrec.data.table)
+    user_col: str | None = None
+    item_col: str | None = None
+    time_col: str | None = None
+    rating_col: str | None = None  # "" : no ratings
+    text_cols: list[str] | None = None  # the item text: these columns' values joined by text_join
+    text_join: str = " | "
 
 
 def dataset_name(spec: str) -> str:
@@ -65,10 +82,22 @@ def dataset_name(spec: str) -> str:
     if kind == "amazon2023":
         stem = Path(rest.split(":")[0]).name.split(".")[0]
         return f"amazon2023-{stem}"
+    if kind == "table":
+        return Path(_table_paths(spec)[0]).name.split(".")[0]
+    if kind == "d3":
+        directory, _, name = rest.partition(":")
+        return find_d3_files(directory, name or None).name
     raise ConfigError(
         f"dataset {spec!r}: expected ml-100k, ml-1m, recbole:<dir>:<name>, amazon2023:<reviews>:<meta>, "
-        "amazon18-scientific:<dir> or amazon18-cds:<dir>"
+        "table:<interactions>:<items>, d3:<dir>[:<name>], amazon18-scientific:<dir> or amazon18-cds:<dir>"
     )
+
+
+def _table_paths(spec: str) -> list[str]:
+    paths = spec.partition(":")[2].split(":")
+    if len(paths) != 2 or not all(paths):
+        raise ConfigError(f"dataset {spec!r}: expected table:<interactions>:<items>")
+    return paths
 
 
 def default_out_dir(cfg: Config) -> Path:
@@ -98,6 +127,16 @@ def build(cfg: Config) -> PreparedData:
         return load_amazon18_scientific(rest, max_history=cfg.max_history)
     elif kind == "amazon18-cds":
         return load_amazon18_cds(rest, max_history=cfg.max_history)
+    elif kind == "d3":
+        directory, _, stem = rest.partition(":")
+        loaded = load_d3(directory, stem or None, max_history=cfg.max_history)
+        print("\n".join(loaded.notes))
+        return loaded.data
+    elif kind == "table":
+        columns = Columns(**{k: getattr(cfg, k) for k in TABLE_KEYS})
+        table = load_table_dataset(*_table_paths(cfg.dataset), columns)
+        print("\n".join(table.notes))
+        items, interactions = table.items, table.interactions
     else:
         raise ConfigError(f"unknown dataset kind {kind!r}")
     return prepare(items, interactions, name=name, split=cfg.split, max_history=cfg.max_history)
@@ -108,7 +147,8 @@ def run(cfg: Config) -> Path:
     if cfg.split not in ("temporal", "loo"):
         raise ConfigError(f"split must be 'temporal' or 'loo', got {cfg.split!r}")
     out = Path(cfg.out_dir).expanduser() if cfg.out_dir else default_out_dir(cfg)
-    record = {k: v for k, v in dataclasses.asdict(cfg).items() if k in ("dataset", "split", "max_history")}
+    keys = ("dataset", "split", "max_history") + (TABLE_KEYS if cfg.dataset.startswith("table:") else ())
+    record = {k: v for k, v in dataclasses.asdict(cfg).items() if k in keys}
     return prepare_once(out, record, lambda: build(cfg), force=cfg.force)
 
 

@@ -22,19 +22,17 @@ amazon18-cds (D3/BIGRec processing, global temporal split)
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from rrec.data.d3 import UNKNOWN_TITLE, load_d3
 from rrec.data.prepared import PreparedData
 from rrec.data.samples import SAMPLE_COLUMNS
-from rrec.data.splits import temporal_split
 from rrec.data.tables import DataError, read_tsv, require_columns
 from rrec.data.text import clean_html
 
-UNKNOWN_TITLE = "Unknown title"
 # 24 Scientific items have this scraped breadcrumb instead of a title.
 _SCIENTIFIC_JUNK_TITLE = "Industrial & Scientific />"
 _CATEGORY_ROOT = ". Industrial & Scientific"
@@ -140,52 +138,10 @@ def load_amazon18_scientific(directory: str | Path, *, max_history: int = 20) ->
     return PreparedData(name="amazon18-scientific", items=items, splits=splits)
 
 
-def _literal_lists(frame: pd.DataFrame, column: str, source: str) -> list[list]:
-    try:
-        return [list(ast.literal_eval(cell)) for cell in frame[column]]
-    except (ValueError, SyntaxError, TypeError) as e:
-        raise DataError(f"{source}: column {column!r} holds a value that is not a Python list ({e})") from e
-
-
-def _read_cds_csv(path: Path, max_history: int) -> tuple[pd.DataFrame, dict[str, str]]:
-    """One CDs CSV as samples (without ``position``), and the item id -> ASIN pairs it shows."""
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except FileNotFoundError as e:
-        raise DataError(f"{path.name}: file not found ({path})") from e
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise DataError(f"{path.name}: cannot read ({e})") from e
-    columns = ["user_id", "history_item_id", "item_id", "history_rating", "rating", "history_timestamp"]
-    require_columns(raw, [*columns, "timestamp", "item_asin"], path.name)
-    if len(raw) == 0:
-        raise DataError(f"{path.name}: no rows (empty dataset)")
-    histories = [
-        [str(i) for i in h][-max_history:] for h in _literal_lists(raw, "history_item_id", path.name)
-    ]
-    ratings = [[float(r) for r in h] for h in _literal_lists(raw, "history_rating", path.name)]
-    times = [[float(t) for t in h] for h in _literal_lists(raw, "history_timestamp", path.name)]
-    samples = pd.DataFrame(
-        {
-            "user_id": raw["user_id"],
-            "history": histories,
-            "history_ratings": [r[len(r) - len(h) :] for r, h in zip(ratings, histories, strict=True)],
-            "history_timestamps": [t[len(t) - len(h) :] for t, h in zip(times, histories, strict=True)],
-            "target": raw["item_id"].str.strip(),
-            "rating": pd.to_numeric(raw["rating"]).astype(float),
-            "timestamp": pd.to_numeric(raw["timestamp"]).astype(float),
-        }
-    )
-    asins = dict(zip(samples["target"], raw["item_asin"], strict=True))
-    if "item_asins" in raw.columns:
-        for ids, codes in zip(histories, _literal_lists(raw, "item_asins", path.name), strict=True):
-            asins.update(zip(ids, codes[len(codes) - len(ids) :], strict=False))
-    return samples, asins
-
-
 def load_amazon18_cds(
     directory: str | Path, *, max_history: int = 20, valid_fraction: float = 0.1
 ) -> PreparedData:
-    """Load amazon18-cds (see the module docstring).
+    """Load amazon18-cds: the flat D3 layout of :func:`rrec.data.d3.load_d3`, named ``"amazon18-cds"``.
 
     Args:
         directory: the folder with ``items.txt``, ``valid.csv``, ``test.csv``.
@@ -199,32 +155,6 @@ def load_amazon18_cds(
     Raises:
         DataError: a file is missing or malformed, or a row names an item absent from ``items.txt``.
     """
-    directory = Path(directory)
-    items_path = directory / "items.txt"
-    raw_items = read_tsv(items_path, names=["title", "item_id"])
-    valid, asins = _read_cds_csv(directory / "valid.csv", max_history)
-    test, test_asins = _read_cds_csv(directory / "test.csv", max_history)
-    asins.update(test_asins)
-    items = pd.DataFrame(
-        {
-            "item_id": raw_items["item_id"].str.strip(),
-            "title": [clean_html(t) or UNKNOWN_TITLE for t in raw_items["title"]],
-        }
-    )
-    items["asin"] = items["item_id"].map(asins).fillna("")
-    items = items.astype(str)
-    known = set(items["item_id"])
-    for name, frame in (("valid.csv", valid), ("test.csv", test)):
-        seen = set(frame["target"]).union(*frame["history"])
-        if not seen <= known:
-            raise DataError(f"{name}: item ids absent from items.txt: {sorted(seen - known)[:3]}")
-    both = pd.concat([valid.assign(_file=0), test.assign(_file=1)], ignore_index=True)
-    both = both.sort_values(["user_id", "_file", "timestamp"], kind="stable")
-    first_history = both["history"].map(len).groupby(both["user_id"], sort=False).transform("first")
-    both["position"] = (first_history + both.groupby("user_id", sort=False).cumcount()).astype(np.int64)
-    both = both.sort_index()
-    columns = list(SAMPLE_COLUMNS)
-    valid_rows, test_rows = both[both["_file"] == 0][columns], both[both["_file"] == 1][columns]
-    parts = temporal_split(valid_rows, (1.0 - valid_fraction, valid_fraction, 0.0))
-    splits = {"train": parts["train"], "valid": parts["valid"], "test": test_rows.reset_index(drop=True)}
-    return PreparedData(name="amazon18-cds", items=items, splits=splits)
+    data = load_d3(directory, max_history=max_history, valid_fraction=valid_fraction).data
+    data.name = "amazon18-cds"
+    return data

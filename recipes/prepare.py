@@ -75,7 +75,7 @@ class Config:
 def dataset_name(spec: str) -> str:
     """The short name of a ``dataset`` spec: ``recbole:/x:beauty`` -> ``beauty``."""
     kind, _, rest = spec.partition(":")
-    if kind in ("ml-100k", "ml-1m", *FILE_SPLITS):
+    if kind in ("ml-100k", "ml-1m", "amazon18-scientific", "amazon18-cds"):
         return kind
     if kind == "recbole":
         return rest.rpartition(":")[2]

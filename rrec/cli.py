@@ -4,6 +4,7 @@
     rrec prepare [config.yaml] [key=value ...]
     rrec evaluate [config.yaml] [key=value ...]
     rrec paired A/per_user.jsonl B/per_user.jsonl [C/per_user.jsonl ...]
+    rrec serve MODEL_DIR [--data PREPARED_DIR] [--port 8000]   (needs the ``serve`` extra)
 
 A recipe command passes its arguments untouched to the recipe's ``main(argv)`` (an optional YAML path,
 then ``key=value`` overrides; an unknown key is an error). Recipes are imported inside each command, so
@@ -107,6 +108,37 @@ def paired(
     for d in result.values():
         typer.echo(f"{rows} minus {d['file']}: NDCG@10 {d['mean']:+.4f} [{d['ci95'][0]:+.4f}, "
                    f"{d['ci95'][1]:+.4f}] (paired 95% CI over users, {len(a):,} samples)")  # fmt: skip
+
+
+@app.command()
+def serve(
+    model_dir: str = typer.Argument(..., help="A save_pretrained folder, a HF model folder or rrec:<name>."),
+    data: Path | None = typer.Option(None, "--data", help="A prepared dataset whose items are the catalog."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, ... (default: the GPU if any)."),
+    max_batch: int = typer.Option(32, "--max-batch", help="Histories per request and per forward pass."),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="How long a batch waits for company."),
+    max_k: int = typer.Option(100, "--max-k"),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Reasoning budget: the cap and default."),
+) -> None:
+    """Serve recommendations over HTTP with catalog hot-swap (rrec.serve; pip install 'rrec[serve]')."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        typer.echo("error: rrec serve needs the serve extra: pip install 'rrec[serve]'", err=True)
+        raise typer.Exit(2) from None
+    from rrec.data import DataError
+    from rrec.serve.app import ServeOptions
+    from rrec.serve.server import load_model, run
+
+    try:
+        model = load_model(model_dir, data, device)
+    except (DataError, ValueError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    run(model, host, port, ServeOptions(max_batch, max_wait_ms, max_k, max_new_tokens))
 
 
 @app.command("train-recpo", context_settings=RECIPE_CONTEXT)

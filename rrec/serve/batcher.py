@@ -101,14 +101,20 @@ class Batcher:
         self._queue: queue.Queue[Query] = queue.Queue()
         self._held: collections.deque[Query] = collections.deque()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="rrec-batcher", daemon=True)
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start the inference thread (a no-op while it runs)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="rrec-batcher", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=30)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
 
     def submit(self, query: Query) -> Future:
         self._queue.put(query)

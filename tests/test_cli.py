@@ -19,7 +19,7 @@ def test_help_lists_the_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     commands = ["fetch", "prepare", "evaluate", "train-recpo", "like-dislike", "reczero", "recone"]
-    for command in [*commands, "make-traces", "recllm-r1"]:
+    for command in [*commands, "make-traces", "recllm-r1", "serve"]:
         assert command in result.output
 
 
@@ -30,6 +30,18 @@ def test_help_does_not_import_torch():
         "from rrec.cli import app\n"
         "assert CliRunner().invoke(app, ['evaluate', '--help']).exit_code == 0\n"
         "assert 'torch' not in sys.modules, 'rrec --help imported torch'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_serve_help_imports_neither_torch_nor_fastapi():
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from rrec.cli import app\n"
+        "result = CliRunner().invoke(app, ['serve', '--help'])\n"
+        "assert result.exit_code == 0 and '--data' in result.output\n"
+        "assert 'torch' not in sys.modules and 'fastapi' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -90,7 +90,8 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "tiny" if args.model == "tiny" else Path(args.model).name
-    (out / f"serve_load-{name}-{result['date']}.json").write_text(json.dumps(result, indent=2) + "\n")
+    kind = "-reasoning" if args.reasoning else ""
+    (out / f"serve_load-{name}{kind}-{result['date']}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
     return 0 if not report.problems else 1
 

@@ -132,6 +132,10 @@ BAD = {
         lambda i, e: (i.assign(title=["Alpha", "Beta", "Gamma", "Delta", " "]), e),
         ["items.csv: row 5, columns ['title']: empty item text for 'i5'"],
     ),
+    "empty time": (
+        lambda i, e: (i, e.assign(timestamp=["10", "20", "", "40", "15", "25", "35"])),
+        ["events.csv: row 3, column 'timestamp': empty"],
+    ),
     "empty user": (
         lambda i, e: (i, e.assign(user_id=["u1", "", "u1", "u1", "u2", "u2", "u2"])),
         ["events.csv: row 2, column 'user_id': empty id"],

@@ -181,3 +181,4 @@ def test_internal_errors_are_500_without_a_traceback(tokenizer, monkeypatch):
     with TestClient(create_app(service), raise_server_exceptions=False) as c:
         r = c.post("/recommend", json={"history": ["1"], "reasoning": False})
     assert r.status_code == 500 and r.json() == {"detail": "internal error (RuntimeError)"}
+    assert service.stats.snapshot()["errors"] == 1

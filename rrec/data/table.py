@@ -164,7 +164,8 @@ def _numbers(frame: pd.DataFrame, column: str, source: str, required: bool) -> p
     bad = parsed.isna() & (cells != "" if not required else True)
     if bad.any():
         row = int(bad.idxmax())
-        raise DataError(f"{source}: row {row + 1}, column {column!r}: not a number: {cells[row]!r}")
+        what = "empty" if cells[row] == "" else f"not a number: {cells[row]!r}"
+        raise DataError(f"{source}: row {row + 1}, column {column!r}: {what}")
     return parsed
 
 

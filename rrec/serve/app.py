@@ -157,6 +157,9 @@ def create_app(service: Service) -> FastAPI:
         except (ValueError, KeyError) as e:  # the library's checks (e.g. every item removed)
             service.stats.record(time.perf_counter() - start, 0, error=True)
             raise HTTPException(422, str(e).strip("'\"")) from None
+        except Exception:  # answered as a plain 500 by the handler above; counted here
+            service.stats.record(time.perf_counter() - start, 0, error=True)
+            raise
         results = [
             {"item_ids": r.item_ids, "scores": r.scores, "reasoning": r.reasoning,
              "forced_answer": r.forced_answer, "unknown_items": bad}

@@ -1,6 +1,7 @@
 """Package a trained all-position run as a compact model folder (the default that ships with rrec).
 
-    python -m recipes.package_default runs/allpos [rrec/pretrained/ml100k-allpos]
+    python -m recipes.package_default runs/allpos [rrec/pretrained/ml100k-allpos] [--demo=<demo.json>]
+        [--test=<rrec evaluate folder of this model>]
 
 Reads ``<run>/model`` (written by ``recipes/train_allpos.py``), ``<run>/result.json`` and
 ``<run>/config.json``, and writes: ``rrec_config.json``; ``adapter/`` with its weights in bfloat16 (LoRA
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 
 MAX_BYTES = 10 * 1024 * 1024
+TEST_KEYS = {f"{m}@{k}" for m in ("hit", "ndcg") for k in (5, 10, 20)} | {"mrr", "n_samples", "n_users"}
 
 
 def data_fingerprint(prepared) -> str:
@@ -69,7 +71,7 @@ def _run_record(run: Path) -> dict:
     }
 
 
-def package(run: Path, dest: Path, demo: Path | None = None) -> dict:
+def package(run: Path, dest: Path, demo: Path | None = None, test: Path | None = None) -> dict:
     from rrec.assets import cache_dir
     from rrec.data import ensure_default, load_prepared
     from rrec.model import ReasoningRecommender
@@ -115,6 +117,11 @@ def package(run: Path, dest: Path, demo: Path | None = None) -> dict:
         cos = torch.nn.functional.cosine_similarity(packed.item_table(), ref.item_table(), dim=-1)
         if cos.min() < 0.999:  # bf16 weights: rows agree to ~1e-3, anything else is a packaging error
             raise ValueError(f"packaged table differs from the run's: min row cosine {cos.min():.4f}")
+        if test is not None:  # an `rrec evaluate` of the run's model (e.g. the whole test split)
+            m = json.loads((Path(test) / "metrics.json").read_text())
+            keep = [k for k in m if k.split("_ci95")[0] in TEST_KEYS]
+            card["test"] = {k: m[k] for k in keep} | {k: m.get(k) for k in ("samples_sha", "command", "date")}
+            card["paired_ndcg@10"] = m.get("paired_ndcg@10")
         if demo is not None:  # the demo's paired test measurement on this very model
             d = json.loads(Path(demo).read_text())
             card["demo_test"] = {k: d[k] for k in ("samples", "sample_set", "test", "paired_ndcg@10")}
@@ -140,9 +147,13 @@ def main(argv: list[str] | None = None) -> dict:
     from rrec.pretrained import DEFAULT, HERE
 
     demo = [a.split("=", 1)[1] for a in argv if a.startswith("--demo=")]
+    test = [a.split("=", 1)[1] for a in argv if a.startswith("--test=")]
     pos = [a for a in argv if not a.startswith("--")]
     return package(
-        Path(pos[0]), Path(pos[1]) if len(pos) > 1 else HERE / DEFAULT, Path(demo[0]) if demo else None
+        Path(pos[0]),
+        Path(pos[1]) if len(pos) > 1 else HERE / DEFAULT,
+        Path(demo[0]) if demo else None,
+        Path(test[0]) if test else None,
     )
 
 

@@ -67,6 +67,7 @@ class AllPosConfig:
     steps: int = 100_000
     max_train_minutes: float | None = 45.0  # training time only (evaluations excluded)
     eval_every_minutes: float = 5.0  # valid NDCG@10 curve; 0: none
+    eval_at_steps: list[int] = field(default_factory=list)  # also after these steps (equal-step comparisons)
     valid_users: int | None = 64
     valid_samples_per_user: int | None = 4
     test_users: int | None = None  # None: the whole test split
@@ -221,21 +222,20 @@ def main(argv: list[str] | None = None) -> dict:
     rng = np.random.default_rng(cfg.seed)
     order, pos = rng.permutation(len(chunks)), 0
     n_targets = 0
+
+    def valid_point() -> None:
+        ev = evaluate(model, lm, prompter, valid_df, table_now(), cfg)["metrics"]
+        point = {"step": step, "train_minutes": train_s / 60, "targets": n_targets}
+        curve.append(point | {k: ev[k] for k in ("ndcg@10", "hit@10", "ndcg@10_ci95")})
+        print(f"valid @ {train_s / 60:.1f} min (step {step}): ndcg@10 {ev['ndcg@10']:.4f}", flush=True)
+        atomic_files.atomic_write_text(out / "valid.jsonl", "".join(json.dumps(c) + "\n" for c in curve))
+
     while step < cfg.steps:
         if cfg.eval_every_minutes and train_s >= next_eval:
-            ev = evaluate(model, lm, prompter, valid_df, table_now(), cfg)["metrics"]
-            curve.append(
-                {
-                    "step": step,
-                    "train_minutes": train_s / 60,
-                    **{k: ev[k] for k in ("ndcg@10", "hit@10")},
-                    "ndcg@10_ci95": ev["ndcg@10_ci95"],
-                    "targets": n_targets,
-                }
-            )
-            print(f"valid @ {train_s / 60:.1f} min (step {step}): ndcg@10 {ev['ndcg@10']:.4f}", flush=True)
-            atomic_files.atomic_write_text(out / "valid.jsonl", "".join(json.dumps(c) + "\n" for c in curve))
+            valid_point()
             next_eval += cfg.eval_every_minutes * 60
+        elif step in cfg.eval_at_steps and step > 0:
+            valid_point()
         if cfg.max_train_minutes is not None and train_s >= cfg.max_train_minutes * 60:
             break
         t_step = time.time()
@@ -301,6 +301,8 @@ def main(argv: list[str] | None = None) -> dict:
             )
             atomic_files.atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in log))
     atomic_files.atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in log))
+    if step in cfg.eval_at_steps and not any(c["step"] == step for c in curve):
+        valid_point()  # the last requested step ends the loop before its evaluation
     final_table = table_now()
     model.rec_head = ItemIndex(final_table.shape[1], metric="ip")
     model.rec_head.add(ids, final_table.cpu().numpy())

@@ -51,3 +51,17 @@ def test_allpos_recipe_runs_and_reports(tmp_path, tokenizer, item_side, monkeypa
 def test_unknown_item_side_is_refused(tmp_path):
     with pytest.raises(ValueError, match="item_side must be one of"):
         train_allpos.main([f"out_dir={tmp_path}", "item_side=stale"])
+
+
+def test_valid_points_at_requested_steps(tmp_path, tokenizer, monkeypatch):
+    monkeypatch.setenv("RREC_CACHE", str(tmp_path / "cache"))
+    args = {
+        "model": str(tiny_model_dir(tmp_path / "base", tokenizer)),
+        "prepared": str(tiny_prepared(tmp_path / "data", n_users=10, n_items=30, per_user=8)),
+        "out_dir": str(tmp_path / "run"), "max_history": 3, "steps": 4, "chunks_per_step": 4,
+        "eval_every_minutes": 0, "eval_at_steps": "[2, 4]", "valid_users": 4, "test_users": 2,
+        "test_before": False, "max_train_minutes": "null",
+    }  # fmt: skip
+    res = train_allpos.main([f"{k}={v}" for k, v in args.items()])
+    assert [c["step"] for c in res["valid_curve"]] == [2, 4]  # the last one after the loop ends
+    assert res["valid_curve"][1]["targets"] > res["valid_curve"][0]["targets"] > 0

@@ -118,10 +118,7 @@ def package(run: Path, dest: Path, demo: Path | None = None, test: Path | None =
         if cos.min() < 0.999:  # bf16 weights: rows agree to ~1e-3, anything else is a packaging error
             raise ValueError(f"packaged table differs from the run's: min row cosine {cos.min():.4f}")
         if test is not None:  # an `rrec evaluate` of the run's model (e.g. the whole test split)
-            m = json.loads((Path(test) / "metrics.json").read_text())
-            keep = [k for k in m if k.split("_ci95")[0] in TEST_KEYS]
-            card["test"] = {k: m[k] for k in keep} | {k: m.get(k) for k in ("samples_sha", "command", "date")}
-            card["paired_ndcg@10"] = m.get("paired_ndcg@10")
+            card["test"], card["paired_ndcg@10"] = _test_entry(Path(test))
         if demo is not None:  # the demo's paired test measurement on this very model
             d = json.loads(Path(demo).read_text())
             card["demo_test"] = {k: d[k] for k in ("samples", "sample_set", "test", "paired_ndcg@10")}
@@ -138,6 +135,24 @@ def package(run: Path, dest: Path, demo: Path | None = None, test: Path | None =
             shutil.rmtree(tmp, ignore_errors=True)
     print(f"packaged {run} -> {dest} ({size / 2**20:.2f} MiB; min row cosine vs the run {cos.min():.5f})")
     return card
+
+
+def _test_entry(folder: Path) -> tuple[dict, dict | None]:
+    """The card's ``test`` (``trained`` and, when its ``paired_with`` names a most-popular evaluation,
+    ``pop``: the shape a train_allpos run writes) and ``paired_ndcg@10`` from an ``rrec evaluate`` folder."""
+
+    def metrics(m: dict) -> dict:
+        keep = [k for k in m if k.split("_ci95")[0] in TEST_KEYS]
+        return {k: m[k] for k in keep} | {k: m.get(k) for k in ("samples_sha", "command", "date")}
+
+    m = json.loads((folder / "metrics.json").read_text())
+    out = {"trained": metrics(m)}
+    paired = m.get("paired_ndcg@10") or {}
+    for entry in paired.values():
+        other = Path(entry["file"]).parent / "metrics.json"
+        if other.exists() and json.loads(other.read_text()).get("method") == "pop":
+            out["pop"] = metrics(json.loads(other.read_text()))
+    return out, {f"trained_vs_{k}": v for k, v in paired.items()} or None
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -28,6 +28,9 @@ def test_the_default_ships_under_10_mb_with_its_card():
     if card["test"] is not None:  # the run's own test evaluation: the full test split
         for name in ("trained", "pop"):
             assert card["test"][name]["n_samples"] == 9906 and card["test"][name]["n_users"] == 166
+        for d in card["paired_ndcg@10"].values():  # trained minus most-popular, paired over users
+            lo, hi = d["ci95"] if "ci95" in d else (d["low"], d["high"])
+            assert lo <= d["mean"] <= hi
     demo = card["demo_test"]  # the demo's paired measurement on this very model
     assert (
         demo["test"]["trained"]["n_samples"] == demo["test"]["most-popular"]["n_samples"] == demo["samples"]

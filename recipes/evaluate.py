@@ -292,8 +292,10 @@ def fast_ranks(model, samples, cfg: Config) -> EvalResult:
     n_cut = sum(len(h) > model.config.max_history for h in hist)
     if n_cut:
         warn_truncated(n_cut, len(hist), model.config.max_history)
+    times = samples["timestamp"].astype(float).tolist() if "timestamp" in samples else None
+    prompts = [ids for ids, _ in model.prompt_ids(hist, times, reasoning=False)]  # one prompter, lines cached
     res = rank_samples(
-        model.lm, lambda h, t: model.prompt_ids([h], [t], reasoning=False)[0][0], samples, model.item_table(),
+        model.lm, prompts, samples, model.item_table(),
         model.item_ids, pad_id=model.pad_id, batch_size=cfg.batch_size, top_k=cfg.top_k, bf16=False,
     )  # fmt: skip
     n = len(res["ranks"])

@@ -39,7 +39,7 @@ def autocast_context(device: torch.device | str, enabled: bool | None = None):
 @torch.no_grad()
 def rank_samples(
     lm: nn.Module,
-    prompt_ids: Callable[[list[dict], float | None], list[int]],
+    prompt_ids: Callable[[list[dict], float | None], list[int]] | Sequence[list[int]],
     samples: pd.DataFrame,
     table: Tensor,
     item_ids: Sequence[str],
@@ -53,7 +53,8 @@ def rank_samples(
     """Full-catalog ranks of every sample's target.
 
     Args:
-        prompt_ids: (history records, target time or None) -> prompt token ids ending with ``<answer>``.
+        prompt_ids: (history records, target time or None) -> prompt token ids ending with ``<answer>``;
+            or those ids already built, one list per sample in sample order.
         table: (N, D) item table rows (normalised for cosine), in ``item_ids`` order.
         bf16: autocast the forward in bf16; None: where native (``autocast_context``). False gives the
             float32 states of ``rrec.evaluation`` (the rank-for-rank agreement holds at equal dtypes).
@@ -70,7 +71,12 @@ def rank_samples(
         raise KeyError(f"{len(missing)} targets are not in the item table, e.g. {missing[:5]}")
     hist = histories_of(samples)
     times = samples["timestamp"].astype(float).tolist() if "timestamp" in samples else [None] * len(hist)
-    ids = [prompt_ids(h, t) for h, t in zip(hist, times, strict=True)]
+    if callable(prompt_ids):
+        ids = [prompt_ids(h, t) for h, t in zip(hist, times, strict=True)]
+    else:
+        ids = [list(x) for x in prompt_ids]
+        if len(ids) != len(hist):
+            raise ValueError(f"{len(ids)} prompts for {len(hist)} samples")
     device = next(lm.parameters()).device
     with autocast_context(device, bf16):
         states = encode_token_lists(lm, ids, pad_id=pad_id, batch_size=batch_size, progress=progress,

@@ -50,6 +50,8 @@ class AllPosConfig:
     threads: int = 0  # 0: torch's default
     max_history: int = 10  # items in a prompt (a training chunk holds max_history + 1)
     item_fields: list[str] = field(default_factory=lambda: ["year"])  # item text: title + these
+    title_words: int | None = None  # cut titles to this many words (Amazon's run to 30+ tokens)
+    system: str = ""  # the user prompt's system line; "" = rrec.prompts.DEFAULT_SYSTEM (movies)
     show_rating: bool = False
     lora_rank: int = 8
     lora_alpha: int = 16
@@ -156,7 +158,12 @@ def main(argv: list[str] | None = None) -> dict:
 
         data = load_prepared(ensure_default())
     path = cfg.model or str(fetch(datasets=())["model"] if not model_dir().exists() else model_dir())
-    style = PromptStyle(item_fields=tuple(cfg.item_fields), show_rating=cfg.show_rating)
+    style = PromptStyle(
+        item_fields=tuple(cfg.item_fields),
+        show_rating=cfg.show_rating,
+        title_words=cfg.title_words,
+        **({"system": cfg.system} if cfg.system else {}),
+    )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = ReasoningRecommender.from_pretrained(
         path,

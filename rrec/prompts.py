@@ -73,6 +73,7 @@ class PromptStyle:
     show_rating: bool = True
     show_time: bool = True
     rating_scale: float = 5.0
+    title_words: int | None = None  # cut titles to this many words (long product titles); None: whole
 
 
 def add_answer_token(tokenizer, model=None) -> int:
@@ -135,9 +136,19 @@ def text_of(value) -> str:
     return _SURROGATE.sub("\ufffd", str(value)).strip()
 
 
-def title_of(item: Mapping) -> str:
-    """The item's title, or "Untitled item" when it has none (missing, NaN or blank)."""
-    return text_of(item.get("title")) or "Untitled item"
+def title_of(item: Mapping, words: int | None = None) -> str:
+    """The item's title, or "Untitled item" when it has none (missing, NaN or blank).
+
+    ``words`` keeps the first ``words`` words and marks the cut with `` ...`` (Amazon titles run to 30+
+    tokens; every history line and item prompt repeats them).
+    """
+    title = text_of(item.get("title")) or "Untitled item"
+    if words is None:
+        return title
+    if words < 1:
+        raise ValueError(f"title_words must be >= 1 or None, got {words}")
+    parts = title.split()
+    return title if len(parts) <= words else " ".join(parts[:words]) + " ..."
 
 
 def history_records(history: Sequence) -> list[dict]:
@@ -173,7 +184,7 @@ def _attr_text(item: Mapping, style: PromptStyle) -> str:
 
 def item_line(item: Mapping, style: PromptStyle = PromptStyle()) -> str:
     """``Title (attr; attr)`` for one item."""
-    title = title_of(item)
+    title = title_of(item, style.title_words)
     attrs = _attr_text(item, style)
     return f"{title} ({attrs})" if attrs else title
 
@@ -266,7 +277,7 @@ def history_prompt(
 
 def item_content(item: Mapping, style: PromptStyle = PromptStyle()) -> str:
     """The item turn: title, attributes, and a description cut to ``style.description_words`` words."""
-    lines = [f"Title: {title_of(item)}"]
+    lines = [f"Title: {title_of(item, style.title_words)}"]
     for field in style.item_fields:
         value = text_of(item.get(field))
         if value:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rrec.prompts import (
@@ -57,6 +58,19 @@ def test_item_prompt_golden(tokenizer):
         "<|im_start|>assistant\n<answer>"
     )
     assert text == expected
+
+
+def test_title_words_cuts_long_titles_in_history_and_item_prompts(tokenizer):
+    long = {"item_id": "9", "title": "eSUN Bronze filament 1.75mm 0.5kg Spool for Makerbot", "brand": "eSUN"}
+    style = PromptStyle(title_words=3, item_fields=("brand",), show_time=False)
+    user = render_user_prompt(tokenizer, [{"item_id": "9"}], {"9": long}, style=style)
+    assert "- eSUN Bronze filament ... (eSUN)\n" in user  # 8 words cut to 3, the cut marked
+    item = render_item_prompt(tokenizer, long, style)
+    assert "Title: eSUN Bronze filament ...\nBrand: eSUN" in item
+    short = {"item_id": "1", "title": "Toy Story"}  # within the budget: unchanged, no marker
+    assert "- Toy Story\n" in render_user_prompt(tokenizer, [{"item_id": "1"}], {"1": short}, style=style)
+    with pytest.raises(ValueError, match="title_words"):
+        render_item_prompt(tokenizer, long, PromptStyle(title_words=0))
 
 
 def test_relative_time():

@@ -57,6 +57,7 @@ from rrec.evaluation import (
     histories_of,
     paired_ndcg,
     per_user_rows,
+    rows_for_samples,
     select_samples,
     summarize,
 )
@@ -303,9 +304,10 @@ def fast_ranks(model, samples, cfg: Config) -> EvalResult:
                       res["tied"])  # fmt: skip
 
 
-def paired_against(rows: list[dict], files: Sequence[str]) -> dict:
+def paired_against(rows: list[dict], files: Sequence[str], subset: bool = False) -> dict:
     """NDCG@10 of ``rows`` minus that of each ``per_user.jsonl``-format file, paired over the same samples
-    (:func:`rrec.evaluation.paired_ndcg`); keyed by the file's parent folder name (or stem)."""
+    (:func:`rrec.evaluation.paired_ndcg`); keyed by the file's parent folder name (or stem). ``subset``: the
+    files may hold more samples; their rows of ``rows``' samples are used (``rows_for_samples``)."""
     out = {}
     for f in files:
         path = Path(f)
@@ -313,7 +315,7 @@ def paired_against(rows: list[dict], files: Sequence[str]) -> dict:
             raise ConfigError(f"paired_with: {f} is not a file (a per_user.jsonl of the same samples)")
         other = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         try:
-            d = paired_ndcg(rows, other)
+            d = paired_ndcg(rows, rows_for_samples(rows, other) if subset else other)
         except ValueError as e:
             raise ConfigError(f"paired_with {f}: {e}") from None
         name = path.parent.name if path.stem == "per_user" else f"{path.parent.name}/{path.stem}"

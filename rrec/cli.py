@@ -93,6 +93,9 @@ def evaluate(args: list[str] | None = RECIPE_ARGS) -> None:
 def paired(
     rows: Path = typer.Argument(..., help="per_user.jsonl of method A (rrec evaluate, train_baseline, ...)."),
     others: list[Path] = typer.Argument(..., help="per_user.jsonl files of the same samples, in order."),
+    subset: bool = typer.Option(
+        False, "--subset", help="A's samples are a subset of each other file's: pair on A's samples only."
+    ),
 ) -> None:
     """NDCG@10 of A minus each other method on the same samples, with a paired bootstrap over users."""
     import json
@@ -101,7 +104,7 @@ def paired(
 
     a = [json.loads(line) for line in rows.read_text().splitlines() if line.strip()]
     try:
-        result = paired_against(a, [str(o) for o in others])
+        result = paired_against(a, [str(o) for o in others], subset=subset)
     except ConfigError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

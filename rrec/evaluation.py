@@ -223,6 +223,29 @@ def paired_ndcg(
     return paired_bootstrap(ndcg_a, ndcg_b, [u for u, _ in keys_a], n_resamples=n_resamples, seed=seed)
 
 
+def rows_for_samples(rows_a: Sequence[dict], rows_b: Sequence[dict]) -> list[dict]:
+    """``rows_b``'s rows of ``rows_a``'s samples, in ``rows_a``'s order: a paired comparison of a subset run
+    (e.g. 1,000 test users) against a run over more samples (a baseline's whole test split).
+
+    A (user, target) pair that occurs several times (a re-consumed item) is matched occurrence by occurrence,
+    in file order.
+
+    Raises:
+        ValueError: a sample of ``rows_a`` has no (or no further) row in ``rows_b``.
+    """
+    pool: dict[tuple[str, str], list[dict]] = {}
+    for r in rows_b:
+        pool.setdefault((str(r["user_id"]), str(r["target"])), []).append(r)
+    out, used = [], dict.fromkeys(pool, 0)
+    for r in rows_a:
+        key = (str(r["user_id"]), str(r["target"]))
+        if used.get(key, 0) >= len(pool.get(key, ())):
+            raise ValueError(f"sample (user {key[0]}, target {key[1]}) is missing from the other file")
+        out.append(pool[key][used[key]])
+        used[key] += 1
+    return out
+
+
 def paired_verdict(diff: PairedDifference, above: str, below: str, what: str = "NDCG@10") -> str:
     """``"NDCG@10 +0.0123, paired 95% CI [-0.0040, +0.0290]: within the noise"``, or ``above`` when the
     interval lies above 0, ``below`` when it lies below 0."""

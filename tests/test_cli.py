@@ -117,3 +117,24 @@ def test_paired_compares_per_sample_files(tmp_path):
     (tmp_path / "c.jsonl").write_text(json.dumps(rows_b[0]) + "\n")
     bad = runner.invoke(app, ["paired", str(tmp_path / "a" / "per_user.jsonl"), str(tmp_path / "c.jsonl")])
     assert bad.exit_code == 2 and "same samples" in bad.output
+
+
+def test_paired_subset_pairs_on_a_samples_only(tmp_path):
+    # A scored u2 and u1 (a subset, its own order); B is a whole split with a re-consumed item of u1
+    rows_a = [{"user_id": "u2", "target": "2", "rank": 3}, {"user_id": "u1", "target": "1", "rank": 1},
+              {"user_id": "u1", "target": "1", "rank": 1}]  # fmt: skip
+    rows_b = [{"user_id": "u1", "target": "1", "rank": 2}, {"user_id": "u3", "target": "5", "rank": 1},
+              {"user_id": "u1", "target": "1", "rank": 1},
+              {"user_id": "u2", "target": "2", "rank": 30}]  # fmt: skip
+    for name, rows in (("a", rows_a), ("b", rows_b)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    a, b = str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")
+    plain = runner.invoke(app, ["paired", a, b])
+    assert plain.exit_code == 2 and "same samples" in plain.output
+    result = runner.invoke(app, ["paired", a, b, "--subset"])
+    assert result.exit_code == 0, result.output
+    # by hand: u2: 1/log2 4 - 0 = 0.5; u1 first: 1 - 1/log2 3 = 0.36907; u1 second: 1 - 1 = 0
+    assert "NDCG@10 +0.2897" in result.output  # (0.5 + 0.36907 + 0) / 3
+    (tmp_path / "b.jsonl").write_text(json.dumps(rows_b[0]) + "\n")
+    missing = runner.invoke(app, ["paired", a, b, "--subset"])
+    assert missing.exit_code == 2 and "missing from the other file" in missing.output

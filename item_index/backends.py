@@ -1,24 +1,33 @@
-"""The three FAISS search structures behind :class:`item_index.ItemIndex`.
+"""The FAISS search structures behind :class:`item_index.ItemIndex`'s approximate backends.
 
-Each backend stores (key, vector) pairs, where a key is the index's internal int64 id of an item, and
-answers ``search(xq, k) -> (distances, keys)`` with FAISS conventions: distances are inner products
-(higher is better) for ``"ip"`` and squared L2 distances (lower is better) for ``"l2"``; missing results
-have key ``-1``. They share no base class; each has ``add``, ``remove``, ``search``, ``ntotal`` and
-``wants_rebuild``. Shapes: N items, D dim, Q queries, K results per query.
+``flat`` needs none: it searches the index's own float32 store (:mod:`item_index.exact`). Here:
+:class:`IVFBackend` and :class:`HNSWBackend`, and :class:`FlatBackend`, the FAISS flat index that an IVF
+answers through until it is trained. Each stores (key, vector) pairs, where a key is the index's internal
+int64 id of an item, and answers ``search(xq, k) -> (distances, keys)`` with FAISS conventions: distances
+are inner products (higher is better) for ``"ip"`` and squared L2 distances (lower is better) for
+``"l2"``; missing results have key ``-1``. They share no base class; each has ``add``, ``remove``,
+``search``, ``ntotal`` and ``wants_rebuild``. Shapes: N items, D dim, Q queries, K results per query.
 
-Defaults. Random Gaussian data is the worst case for approximate search (no cluster structure), so
-each default is stated with the recall@10 against exact search it gives there; real item embeddings
-cluster, and much cheaper settings usually reach the same recall -- measure with
-``bench/item_index_scale.py``.
+Defaults. Approximate search only pays where the data has cluster structure; random Gaussian data has
+none and is the worst case. Each default is stated with the recall@10 against exact search it gives;
+measure on your own vectors with ``bench/item_index_scale.py`` (``--nprobe`` sweeps the IVF setting).
 
-- ``ivf``: ``nlist=1024`` lists; ``nprobe=None`` meaning ``ceil(7/8 * nlist)`` lists probed. Recall@10:
-  0.99 at 5,000 x 64 with ``nlist=64`` (tests/test_item_index_ann.py), 0.97 at 1M x 576 with the defaults
-  (BENCHMARKS.md); probing 1/4 of the lists gives only about 0.5 on random data, so on such data IVF saves
-  little over flat. The IVF is trained on the ``add`` that brings the item count to ``39 * nlist``
-  (FAISS's minimum of 39 training points per list; 39,936 items for the default), on all vectors present
-  then (FAISS subsamples to 256 per list); until then search is exact (a flat index). The centroids are
-  kept afterwards, also across removals and through ``save``/``load``; they are not retrained as the
-  catalog grows (build a new index to retrain).
+- ``ivf``: ``nlist=1024`` lists; ``nprobe=None`` meaning ``min(nlist, max(8, ceil(nlist / 16)))`` lists
+  probed (64 of 1,024). The rule comes from a sweep on clustered synthetic data, 100,000 x 576 vectors,
+  nlist=1024, batch 64 (BENCHMARKS.md, "IVF nprobe sweep"). On the six settings with clusters the lists
+  can follow (4,096, 256, 64 or 16 centres, noise of norm 0.5 to 2), the smallest nprobe with recall@10
+  >= 0.95 was 1, 1, 4, 16, 16 and 64 (16 large noisy clusters), and nprobe=64 gave 0.997 to 1.000 on all
+  six, at about 1/15 of the time of probing every list. Probing more does not pay: from about nlist / 16
+  to nlist / 8 lists an IVF search at batch 64 costs as much as an exact ``flat`` one (a single query
+  stays about 10x cheaper). Where the clusters are too weak for the lists (4,096 centres, noise of norm 2)
+  or absent (random data) the default gives 0.37 and 0.24: use ``flat`` for such data, or raise
+  ``nprobe`` (see the sweep). The floor of 8 lists is for small ``nlist``: at 5,000 x 64 with
+  ``nlist=64``, 8 lists gave 0.97 to 1.00 on three clustered settings and 0.85 on the weakest
+  (tests/test_item_index_ann.py checks one). The IVF is trained on the ``add`` that brings the item
+  count to ``39 * nlist`` (FAISS's minimum of 39 training points per list; 39,936 items for the
+  default), on all vectors present then (FAISS subsamples to 256 per list); until then search is exact
+  (a FAISS flat index). The centroids are kept afterwards, also across removals and through
+  ``save``/``load``; they are not retrained as the catalog grows (build a new index to retrain).
 - ``hnsw``: ``M=32`` links per node, ``ef_construction=100``, ``ef_search=256``. Recall@10: 1.00 at
   5,000 x 64 (tests); on random dim-576 data it falls with size (0.33 at 150k items, 0.69 with
   ``ef_search=1024``; BENCHMARKS.md), where no practical ``ef_search`` reaches 0.95: use flat or ivf for
@@ -71,8 +80,19 @@ def resolve_params(backend: str, params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def default_nprobe(nlist: int) -> int:
+    """IVF lists probed when ``nprobe`` is not given: ``min(nlist, max(8, ceil(nlist / 16)))`` (module
+    docstring: the sweep it comes from).
+
+    Example:
+        >>> default_nprobe(1024), default_nprobe(64), default_nprobe(4)
+        (64, 8, 4)
+    """
+    return min(nlist, max(8, math.ceil(nlist / 16)))
+
+
 class FlatBackend:
-    """Exact search: ``IndexFlatIP`` / ``IndexFlatL2`` plus our own node -> key array.
+    """Exact search for an IVF not yet trained: ``IndexFlatIP`` / ``IndexFlatL2`` plus a node -> key array.
 
     Not ``IndexIDMap``: its label translation opens an OpenMP region on every search, which costs
     milliseconds per single-query search when the cores are busy (measured: 16 ms vs 0.26 ms at 3k items
@@ -123,12 +143,12 @@ class IVFBackend:
         """Args:
         dim, metric: as for the index.
         nlist: number of inverted lists (k-means centroids).
-        nprobe: lists scanned per query; ``None`` means ``ceil(7/8 * nlist)``.
+        nprobe: lists scanned per query; ``None`` means :func:`default_nprobe` of ``nlist``.
         centroids: (nlist, D) float32 trained centroids to start from (used by ``load``); ``None``
             to train lazily.
         """
         self.dim, self.metric, self.nlist = dim, metric, nlist
-        self.nprobe = nprobe if nprobe is not None else math.ceil(7 * nlist / 8)
+        self.nprobe = nprobe if nprobe is not None else default_nprobe(nlist)
         self.train_at = MIN_POINTS_PER_LIST * nlist
         self.wants_rebuild = False
         self.flat: FlatBackend | None = FlatBackend(dim, metric)

@@ -1,11 +1,12 @@
-"""``ItemIndex``: item vectors under stable external ids, searchable through FAISS.
+"""``ItemIndex``: item vectors under stable external ids, searched exactly (flat) or through FAISS.
 
 The exact float32 numpy copy of the vectors is the source of truth (``vectors_for``, ``as_tensor``,
-rebuilds, ``save``); the FAISS backend (see :mod:`item_index.backends`) only answers searches. Each live
-item has an internal int64 *key*, handed out in increasing order and kept by ``replace``; the store's rows
-are in insertion order, so the keys of its rows (removed rows included) are sorted and a key's row is
-found by binary search. Removed rows are dropped from the store ("compacted") when they outnumber the
-live ones or when a row position is needed (``ids``, ``position_of``, ``as_tensor``, ``save``).
+rebuilds, ``save``). ``flat`` searches it directly (:mod:`item_index.exact`: BLAS in blocks, exact ties);
+``ivf`` and ``hnsw`` keep a FAISS structure (see :mod:`item_index.backends`) that only answers searches.
+Each live item has an internal int64 *key*, handed out in increasing order and kept by ``replace``; the
+store's rows are in insertion order, so the keys of its rows (removed rows included) are sorted and a
+key's row is found by binary search. Removed rows are dropped from the store ("compacted") when they
+outnumber the live ones or when a row position is needed (``ids``, ``position_of``, ``as_tensor``, ``save``).
 Shapes: N items, D dim, Q queries, K results per query.
 """
 
@@ -16,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from item_index import storage
-from item_index.backends import FlatBackend, HNSWBackend, IVFBackend, resolve_params
+from item_index import exact, storage
+from item_index.backends import HNSWBackend, IVFBackend, resolve_params
 from item_index.errors import ItemIndexError
 from item_index.inputs import Id, as_ids, as_vectors, duplicates, normalize_id, show
 from item_index.ranking import excluded_keys, rank_candidates
@@ -30,7 +31,7 @@ class ItemIndex:
         dim: D, the vector size.
         metric: ``"ip"`` (inner product; normalise rows for cosine) or ``"l2"`` (squared Euclidean).
         backend: ``"flat"`` (exact), ``"ivf"`` or ``"hnsw"`` (approximate; parameters and their defaults
-            in :mod:`item_index.backends`: ivf ``nlist=1024, nprobe=None`` (= ceil(7/8 nlist)), hnsw
+            in :mod:`item_index.backends`: ivf ``nlist=1024, nprobe=None`` (= 64 at nlist 1024), hnsw
             ``M=32, ef_construction=100, ef_search=256``).
         **backend_params: the backend's parameters.
 
@@ -55,14 +56,16 @@ class ItemIndex:
         self._next_key = 0
         self._n_rows = 0  # rows in use in the store, removed ones included
         self._vecs = np.empty((0, dim), dtype=np.float32)  # (capacity, D)
+        self._sq_norms = np.empty(0, dtype=np.float64)  # (capacity,) |x|^2 of each row, for flat search
         self._keys = np.empty(0, dtype=np.int64)  # (capacity,) key of each row, ascending
         self._live = np.empty(0, dtype=bool)  # (capacity,)
         self._ext = np.empty(0, dtype=object)  # (capacity,) external id of each row
         self._backend = self._new_backend()
 
-    def _new_backend(self, centroids: np.ndarray | None = None) -> FlatBackend | IVFBackend | HNSWBackend:
+    def _new_backend(self, centroids: np.ndarray | None = None) -> IVFBackend | HNSWBackend | None:
+        """The FAISS structure; ``None`` for flat, which searches the store itself."""
         if self.backend == "flat":
-            return FlatBackend(self.dim, self.metric)
+            return None
         if self.backend == "ivf":
             return IVFBackend(self.dim, self.metric, centroids=centroids, **self.backend_params)
         return HNSWBackend(self.dim, self.metric, **self.backend_params)
@@ -132,13 +135,15 @@ class ItemIndex:
         self._reserve(start + n)
         keys = np.arange(self._next_key, self._next_key + n, dtype=np.int64)  # (N,)
         self._vecs[start : start + n] = vectors
+        self._sq_norms[start : start + n] = np.square(vectors, dtype=np.float64).sum(axis=1)
         self._keys[start : start + n] = keys
         self._live[start : start + n] = True
         self._ext[start : start + n] = ids
         self._key_of.update(zip(ids, keys.tolist(), strict=True))
         self._n_rows += n
         self._next_key += n
-        self._backend.add(keys, vectors)
+        if self._backend is not None:
+            self._backend.add(keys, vectors)
 
     def remove(self, ids: Any) -> None:
         """Remove items. Args: ids: N present external ids, no repeats."""
@@ -146,7 +151,8 @@ class ItemIndex:
         for i in ids:
             del self._key_of[i]
         self._live[self._rows(keys)] = False
-        self._backend.remove(keys)
+        if self._backend is not None:
+            self._backend.remove(keys)
         if self._n_rows - len(self) > max(len(self), 1024):
             self._compact()
 
@@ -159,9 +165,12 @@ class ItemIndex:
         """
         ids, keys = self._known(ids, "replace", unique=True)
         vectors = as_vectors(vectors, self.dim, len(ids), "replace", ids)
-        self._vecs[self._rows(keys)] = vectors
-        self._backend.remove(keys)
-        self._backend.add(keys, vectors)
+        rows = self._rows(keys)
+        self._vecs[rows] = vectors
+        self._sq_norms[rows] = np.square(vectors, dtype=np.float64).sum(axis=1)
+        if self._backend is not None:
+            self._backend.remove(keys)
+            self._backend.add(keys, vectors)
 
     def vectors_for(self, ids: Any) -> np.ndarray:
         """Args: ids: N present external ids. Returns: (N, D) float32, a copy of the stored vectors."""
@@ -198,7 +207,7 @@ class ItemIndex:
             return
         cap = max(rows, int(1.5 * len(self._vecs)), 16)
         n = self._n_rows
-        for name in ("_vecs", "_keys", "_live", "_ext"):
+        for name in ("_vecs", "_sq_norms", "_keys", "_live", "_ext"):
             old = getattr(self, name)
             new = np.empty((cap, *old.shape[1:]), dtype=old.dtype)
             new[:n] = old[:n]
@@ -210,14 +219,14 @@ class ItemIndex:
             return
         live = np.flatnonzero(self._live[: self._n_rows])  # (N,)
         n = len(live)
-        self._vecs = self._vecs[live]
+        self._vecs, self._sq_norms = self._vecs[live], self._sq_norms[live]
         self._keys, self._ext = self._keys[live], self._ext[live]
         self._live = np.ones(n, dtype=bool)
         self._n_rows = n
 
     def _refresh(self) -> None:
         """Rebuild the backend from the store when it asks to (HNSW after many removals)."""
-        if self._backend.wants_rebuild:
+        if self._backend is not None and self._backend.wants_rebuild:
             self._compact()
             backend = self._new_backend()
             backend.add(self._keys[: self._n_rows], self._vecs[: self._n_rows])
@@ -228,16 +237,19 @@ class ItemIndex:
         """Top-k items per query, best first.
 
         Scores are inner products for ``"ip"`` and negated squared L2 distances for ``"l2"`` (higher is
-        better for both). Ties among the returned candidates are ordered by insertion order. When fewer
-        than ``k`` items are left (small catalog, exclusions, or an approximate backend that found
-        fewer), the row is padded with score ``-inf`` and id ``-1`` (int ids) or ``None`` (str ids).
+        better for both). Equal scores are ordered by insertion order (a replaced item keeps its place).
+        ``flat`` is exact over the whole catalog: the top ``k`` by the float64 score of the float32
+        vectors, ties by insertion order, also at the cut (see :mod:`item_index.exact`); ``ivf`` and
+        ``hnsw`` apply the tie rule to the candidates FAISS returns. When fewer than ``k`` items are left
+        (small catalog, exclusions, or an approximate backend that found fewer), the row is padded with
+        score ``-inf`` and id ``-1`` (int ids) or ``None`` (str ids).
 
         Args:
             xq: (Q, D) float32 numpy array or torch tensor on any device (copied to the CPU).
             k: K, results per query.
             exclude: optional list of Q iterables of ids to leave out for each query (``None`` entries
-                allowed); ids not in the index are ignored. The search fetches K + (number excluded)
-                candidates, so K results still come back when the catalog has enough items.
+                allowed); ids not in the index are ignored. K results still come back when the catalog
+                has enough items (``ivf`` / ``hnsw`` fetch K + (number excluded) candidates).
 
         Returns:
             ``(scores, ids)``: (Q, K) float32 and (Q, K) ids, int64 when the index holds int ids and an
@@ -249,7 +261,13 @@ class ItemIndex:
         excluded = excluded_keys(exclude, len(xq), self._key_of)
         self._refresh()
         fetch = min(int(k) + max((len(e) for e in excluded), default=0), len(self))
-        if fetch == 0:
+        if self._backend is None:  # flat: exact search over the store
+            n = self._n_rows
+            ex_rows = [self._rows(np.fromiter(e, np.int64, len(e))) for e in excluded]
+            scores, rows = exact.top_k(
+                self._vecs[:n], self._sq_norms[:n], self._live[:n], xq, int(k), self.metric, ex_rows
+            )
+        elif fetch == 0:
             scores, rows = np.full((len(xq), k), -np.inf, np.float32), np.full((len(xq), k), -1)
         else:
             dist, keys = self._backend.search(xq, fetch)  # (Q, F), F = fetch

@@ -111,7 +111,7 @@ def test_worked_example_exclude_and_padding():
 
 # --------------------------------------------------------------------------- parity with brute force
 @pytest.mark.parametrize("metric", ["ip", "l2"])
-@pytest.mark.parametrize("nq", [1, 7, 40])  # FAISS uses a BLAS path from 20 queries on
+@pytest.mark.parametrize("nq", [1, 7, 40])  # ties and batch sizes up to 300: tests/test_item_index_exact.py
 def test_flat_equals_brute_force(metric, nq):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1000, 32)).astype(np.float32)
